@@ -7,7 +7,7 @@ import types
 import torch
 
 from sdecor.benchmarks import runner
-from sdecor.benchmarks.common import Group, Impl, measure
+from sdecor.benchmarks.common import Group, Impl, Measurement, measure, measure_interleaved
 
 
 def _fake_suite(device, quick):
@@ -25,6 +25,37 @@ def _fake_suite(device, quick):
 def test_measure_returns_sane_statistics():
     m = measure(lambda: torch.randn(32, 32).sum(), torch.device("cpu"), min_time_s=0.01)
     assert m.iters >= 3 and m.median_ms > 0 and m.iqr_ms >= 0 and m.peak_mb is None
+
+
+def test_measure_interleaved_alternates_and_reports_failures():
+    calls = []
+
+    def make(name, seconds):
+        def fn():
+            calls.append(name)
+            time.sleep(seconds)
+        return fn
+
+    state = {"n": 0}
+
+    def flaky():
+        state["n"] += 1
+        if state["n"] > 4:  # passes warmup (2 calls) and two timed rounds, then fails
+            raise RuntimeError("late failure")
+
+    def broken():
+        raise ValueError("at once")
+
+    out = measure_interleaved({"a": make("a", 0.002), "b": make("b", 0.0), "flaky": flaky, "broken": broken},
+                              torch.device("cpu"), min_time_s=0.0, min_rounds=6)
+    assert list(out) == ["a", "b", "flaky", "broken"]
+    assert isinstance(out["a"], Measurement) and isinstance(out["b"], Measurement)
+    assert out["a"].iters == out["b"].iters == 6
+    assert out["a"].median_ms >= 2.0 > out["b"].median_ms
+    assert isinstance(out["flaky"], RuntimeError) and isinstance(out["broken"], ValueError)
+    timed = calls[4:]  # after the 2 + 2 warmup calls of a and b
+    # the order rotates: round 0 starts with a, round 1 with b (flaky and broken aside)
+    assert timed[0] == "a" and timed[1] == "b" and timed[2] == "b" and timed[3] == "a"
 
 
 def test_runner_writes_tables_with_ratios(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Impl", "Group", "measure", "Measurement", "synchronize"]
+__all__ = ["Impl", "Group", "measure", "measure_interleaved", "Measurement", "synchronize"]
 
 
 @dataclass
@@ -54,6 +54,39 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory of one call of ``fn`` above what was allocated before it (CUDA; None on CPU)."""
+    if device.type != "cuda":
+        return None
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+
+
+def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall time of one call in ms (CUDA events on CUDA, so queued work is included)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def _summary(times: list[float], peak_mb: float | None) -> Measurement:
+    times = sorted(times)
+    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [times[0], times[len(times) // 2], times[-1]]
+    return Measurement(median_ms=statistics.median(times), iqr_ms=q[2] - q[0], peak_mb=peak_mb, iters=len(times))
+
+
 def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 0.2, max_iters: int = 200, warmup: int = 2) -> Measurement:
     """Median and interquartile range of ``fn``'s wall time, and its peak extra memory on CUDA.
 
@@ -63,29 +96,57 @@ def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 
     for _ in range(warmup):
         fn()
     synchronize(device)
-    peak_mb = None
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        synchronize(device)
-        peak_mb = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    times = []
+    peak_mb = _peak_mb(fn, device)
+    times: list[float] = []
     start_all = time.perf_counter()
     while len(times) < 3 or (time.perf_counter() - start_all < min_time_s and len(times) < max_iters):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [times[0], times[len(times) // 2], times[-1]]
-    return Measurement(median_ms=statistics.median(times), iqr_ms=q[2] - q[0], peak_mb=peak_mb, iters=len(times))
+        times.append(_time_ms(fn, device))
+    return _summary(times, peak_mb)
+
+
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]],
+    device: torch.device,
+    min_time_s: float = 0.2,
+    min_rounds: int = 5,
+    max_rounds: int = 200,
+    warmup: int = 2,
+) -> dict[str, Measurement | Exception]:
+    """Time several implementations of one setting in alternating rounds.
+
+    Each round calls every implementation once (the order rotates between rounds), so a
+    machine that speeds up or slows down during the run (other processes, clock changes,
+    shared cores) shifts all of them alike and their ratios stay honest. Rounds continue until
+    ``min_rounds`` are done and ``min_time_s`` per implementation has passed, or ``max_rounds``.
+    An implementation that raises is dropped and its exception returned in its place.
+    """
+    results: dict[str, Measurement | Exception] = {}
+    live: dict[str, Callable[[], object]] = {}
+    peaks: dict[str, float | None] = {}
+    for name, fn in fns.items():
+        try:
+            for _ in range(warmup):
+                fn()
+            synchronize(device)
+            peaks[name] = _peak_mb(fn, device)
+            live[name] = fn
+        except Exception as exc:  # reported by the caller
+            results[name] = exc
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    times: dict[str, list[float]] = {name: [] for name in live}
+    start_all = time.perf_counter()
+    rounds = 0
+    while live and rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start_all < min_time_s * len(live)):
+        names = list(live)
+        shift = rounds % len(names)
+        for name in names[shift:] + names[:shift]:
+            try:
+                times[name].append(_time_ms(live[name], device))
+            except Exception as exc:
+                results[name] = exc
+                del live[name]
+        rounds += 1
+    for name in live:
+        results[name] = _summary(times[name], peaks[name])
+    return {name: results[name] for name in fns}

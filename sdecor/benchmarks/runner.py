@@ -1,7 +1,8 @@
 """Run benchmark suites, print ratio tables, save ``<out>/<device>.json`` and ``.md``.
 
 Every implementation of a :class:`~sdecor.benchmarks.common.Group` is measured in the same run,
-so the ratios in one table compare like with like. ``speedup`` is baseline time / impl time
+in alternating rounds (:func:`~sdecor.benchmarks.common.measure_interleaved`), so the ratios in
+one table compare like with like even on a machine whose speed drifts. ``speedup`` is baseline time / impl time
 (> 1 means faster than the baseline); ``peak MB`` is the peak memory above what was allocated
 before the call (CUDA only; CPU allocations are not tracked and print as ``-``).
 """
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Group, measure
+from .common import Group, measure_interleaved
 
 SUITES = ("decorrelation", "masking", "metrics")
 
@@ -54,18 +55,17 @@ def _environment(device: torch.device, command: str) -> dict:
 
 
 def _measure_group(group: Group, device: torch.device, progress) -> dict:
+    measured = measure_interleaved({impl.name: impl.fn for impl in group.impls}, device)
     results: dict[str, dict] = {}
-    for impl in group.impls:
-        try:
-            m = measure(impl.fn, device)
-            results[impl.name] = {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "peak_mb": m.peak_mb, "iters": m.iters}
-        except torch.cuda.OutOfMemoryError:
-            results[impl.name] = {"error": "out of memory"}
-            torch.cuda.empty_cache()
-        except Exception as exc:  # a failing implementation is reported, not fatal
-            results[impl.name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"}
-        if progress is not None:
-            progress.update(1)
+    for name, m in measured.items():
+        if isinstance(m, torch.cuda.OutOfMemoryError):
+            results[name] = {"error": "out of memory"}
+        elif isinstance(m, Exception):  # a failing implementation is reported, not fatal
+            results[name] = {"error": f"{type(m).__name__}: {str(m).splitlines()[0][:120]}"}
+        else:
+            results[name] = {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "peak_mb": m.peak_mb, "iters": m.iters}
+    if progress is not None:
+        progress.update(len(group.impls))
     base = results.get(group.baseline, {}).get("median_ms")
     for r in results.values():
         if "median_ms" in r and base:
@@ -117,7 +117,7 @@ def format_markdown(env: dict, records: list[dict]) -> str:
         f"Command: `{env['command']}`",
         "",
         "Median time per call; speed-up = baseline time / this time (> 1 is faster), all rows of one "
-        "setting measured in the same run; "
+        "setting measured in the same run, in alternating rounds; "
         + ("peak MB = peak memory above what was allocated before the call." if is_cuda else "peak memory is measured on CUDA only."),
     ]
     for suite in dict.fromkeys(r["suite"] for r in records):

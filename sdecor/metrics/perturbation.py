@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_int, check_positive_float
 from ..ops.mask_features import mask_features
+from ..ops.mask_features_reference import mask_view_for
 from ._common import (
     PerturbationCurve,
     check_attributions,
@@ -190,6 +191,21 @@ def _check_target_range(targets: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"targets must be class indices below the model's {num_classes} outputs, got {int(targets.max())}")
 
 
+def _removal_ranks(saliency: torch.Tensor, largest: bool, x_shape) -> torch.Tensor:
+    """Each position's place in the removal order, int32, viewed to broadcast against ``x_shape``.
+
+    Position p of sample b is among the first k removed iff ``ranks[b, p] < k``: exactly the
+    selection of :func:`mask_features` for every k (a stable sort: ties go to the lower flat
+    index, -0.0 equals +0.0), so one sort per sample serves every step of a curve.
+    """
+    b = saliency.shape[0]
+    flat = saliency.reshape(b, -1)
+    order = torch.sort(flat, dim=1, stable=True, descending=largest).indices
+    positions = torch.arange(flat.shape[1], dtype=torch.int32, device=flat.device).expand(b, -1)
+    ranks = torch.empty(flat.shape, dtype=torch.int32, device=flat.device).scatter_(1, order, positions)
+    return mask_view_for(x_shape, ranks)
+
+
 def _run(
     model,
     base: torch.Tensor,
@@ -212,6 +228,10 @@ def _run(
     a mask_features fill string, or a tensor broadcastable to ``base``; a tensor with a batch
     dimension of B is gathered per pair. ``first_rows``: precomputed scores of step 0 (skipped).
     Returns (B, S + 1).
+
+    Constant and tensor fills rank each sample's positions once (:func:`_removal_ranks`) and
+    build every perturbed input as ``where(ranks < k, fill, x)``; the string fills ("uniform",
+    "mean") go through :func:`mask_features` per chunk, which draws the random values.
     """
     steps1, b = counts.shape
     total = steps1 * b
@@ -221,9 +241,12 @@ def _run(
         out[:b] = first_rows.float()
         start = b
     if isinstance(fill, float):
-        # a 0-dim tensor takes mask_features' torch.where path, which is faster on CPU than
-        # masked_fill with a mask broadcast over the channels (same values)
         fill = torch.tensor(fill, dtype=base.dtype, device=base.device)
+    ranked = not isinstance(fill, str)
+    if ranked:
+        fill = fill.to(base.dtype)
+        ranks = _removal_ranks(saliency, largest, base.shape)
+        count_shape = (-1,) + (1,) * (base.ndim - 1)
     per_sample_fill = isinstance(fill, torch.Tensor) and fill.ndim == base.ndim and fill.shape[0] == b and b > 1
     flat_counts = counts.reshape(-1)
     n_chunks = max(0, math.ceil((total - start) / batch_size))
@@ -231,14 +254,18 @@ def _run(
     for lo in range(start, total, batch_size):
         hi = min(lo + batch_size, total)
         if hi - lo == b and lo % b == 0:  # exactly one step: the batch in order, no gather
-            x_rep, s_rep, f_rep, t_rep = base, saliency, fill, targets
+            x_rep, f_rep, t_rep = base, fill, targets
+            s_rep = ranks if ranked else saliency
         else:
             idx = torch.arange(lo, hi, device=base.device) % b
             x_rep = base.index_select(0, idx)
-            s_rep = saliency.index_select(0, idx)
+            s_rep = (ranks if ranked else saliency).index_select(0, idx)
             f_rep = fill.index_select(0, idx) if per_sample_fill else fill
             t_rep = targets.index_select(0, idx)
-        masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=f_rep, generator=generator)
+        if ranked:
+            masked = torch.where(s_rep < flat_counts[lo:hi].view(count_shape), f_rep, x_rep)
+        else:
+            masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=f_rep, generator=generator)
         logits = _forward(model, masked)
         if lo == start:
             _check_target_range(targets, logits.shape[1])
