@@ -1,7 +1,7 @@
 // Schemas of the sdecor ops (batched saliency masking) and the Python module stub of sdecor._C.
 //
 // Implementations register per dispatch key next to their code: csrc/cpu/mask_features_cpu.cpp
-// (CPU) and csrc/cuda/mask_features_cuda.cpp (CUDA, only when built with SDECOR_BUILD_CUDA=1).
+// and csrc/cpu/ranked_fill_cpu.cpp (CPU) and csrc/cuda/mask_features_cuda.cpp (CUDA, only when built with SDECOR_BUILD_CUDA=1).
 // Fake (meta) and autograd formulas are registered from Python (sdecor/ops/mask_features.py).
 // Other sdecor ops (e.g. the Python custom op sdecor::decorrelation_fused) live in FRAGMENTs of
 // the same namespace.
@@ -18,6 +18,13 @@ TORCH_LIBRARY(sdecor, m) {
   // to x's dtype. The masked elements, in row-major order of x, consume u in order. mask is
   // (B, F): F = x[0].numel() (elements) or F = prod(x.shape[2:]) (whole pixels, all channels).
   m.def("mask_fill_uniform(Tensor x, Tensor mask, Tensor u) -> Tensor");
+  // Per row b of the (B, F) saliency: int32 place of each position in the order of mask_select
+  // (ascending (value, flat index); largest: descending value, ascending index), so that
+  // ranks < k is mask_select(saliency, k) for every k. CPU only (csrc/cpu/ranked_fill_cpu.cpp).
+  m.def("mask_ranks(Tensor saliency, bool largest) -> Tensor");
+  // out[b, r, s] = ranks[b, s] < k[b] ? fill[b, r, s] : x[b, r, s] for x and fill of shape
+  // (B, R, S) (any strides, same dtype), ranks (B, S) int32, k (B,) int64; out contiguous. CPU only.
+  m.def("mask_fill_ranked(Tensor x, Tensor ranks, Tensor k, Tensor fill) -> Tensor");
 }
 
 // `import sdecor._C` loads this library, which runs the registrations above.

@@ -19,6 +19,7 @@
 #include <torch/library.h>
 
 #include "../mask_fill_checks.h"
+#include "sortable_keys.h"
 
 #include <algorithm>
 #include <array>
@@ -34,50 +35,6 @@ namespace {
 
 constexpr int kDigitBits = 11;
 constexpr int kBins = 1 << kDigitBits;
-
-template <typename KeyT>
-struct KeyTraits;
-
-template <>
-struct KeyTraits<uint32_t> {
-  static constexpr int kBits = 32;
-  static inline bool is_nan(uint32_t u) { return (u & 0x7fffffffu) > 0x7f800000u; }
-  static inline uint32_t to_key(uint32_t u) {
-    if ((u & 0x7fffffffu) == 0u) u = 0u;  // -0.0 -> +0.0
-    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-  }
-};
-
-template <>
-struct KeyTraits<uint64_t> {
-  static constexpr int kBits = 64;
-  static inline bool is_nan(uint64_t u) { return (u & 0x7fffffffffffffffull) > 0x7ff0000000000000ull; }
-  static inline uint64_t to_key(uint64_t u) {
-    if ((u & 0x7fffffffffffffffull) == 0ull) u = 0ull;
-    return (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
-  }
-};
-
-template <typename scalar_t>
-struct KeyOf {  // float32, float16, bfloat16: widen to float32 (exact), take its bits
-  using KeyT = uint32_t;
-  static inline uint32_t bits(scalar_t v) {
-    float f = static_cast<float>(v);
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof(u));
-    return u;
-  }
-};
-
-template <>
-struct KeyOf<double> {
-  using KeyT = uint64_t;
-  static inline uint64_t bits(double v) {
-    uint64_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    return u;
-  }
-};
 
 // Selects the k smallest keys of one row (ties to the lower index) and writes the bool mask.
 // Returns false if the row contains NaN (mask contents are then unspecified).

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_int, check_positive_float
 from ..ops.mask_features import mask_features
-from ..ops.mask_features_reference import mask_view_for
+from ..ops.ranked_masking import cpp_available, fill_ranked_unchecked, mask_ranks
 from ._common import (
     PerturbationCurve,
     check_attributions,
@@ -191,19 +191,7 @@ def _check_target_range(targets: torch.Tensor, num_classes: int) -> None:
         raise ValueError(f"targets must be class indices below the model's {num_classes} outputs, got {int(targets.max())}")
 
 
-def _removal_ranks(saliency: torch.Tensor, largest: bool, x_shape) -> torch.Tensor:
-    """Each position's place in the removal order, int32, viewed to broadcast against ``x_shape``.
-
-    Position p of sample b is among the first k removed iff ``ranks[b, p] < k``: exactly the
-    selection of :func:`mask_features` for every k (a stable sort: ties go to the lower flat
-    index, -0.0 equals +0.0), so one sort per sample serves every step of a curve.
-    """
-    b = saliency.shape[0]
-    flat = saliency.reshape(b, -1)
-    order = torch.sort(flat, dim=1, stable=True, descending=largest).indices
-    positions = torch.arange(flat.shape[1], dtype=torch.int32, device=flat.device).expand(b, -1)
-    ranks = torch.empty(flat.shape, dtype=torch.int32, device=flat.device).scatter_(1, order, positions)
-    return mask_view_for(x_shape, ranks)
+_SCORE_ROWS = 8192  # logits rows gathered before scoring them in one call (bounds that buffer)
 
 
 def _run(
@@ -229,9 +217,12 @@ def _run(
     dimension of B is gathered per pair. ``first_rows``: precomputed scores of step 0 (skipped).
     Returns (B, S + 1).
 
-    Constant and tensor fills rank each sample's positions once (:func:`_removal_ranks`) and
-    build every perturbed input as ``where(ranks < k, fill, x)``; the string fills ("uniform",
-    "mean") go through :func:`mask_features` per chunk, which draws the random values.
+    Constant and tensor fills rank each sample's positions once
+    (:func:`sdecor.ops.ranked_masking.mask_ranks`) and build every perturbed input as
+    ``where(ranks < k, fill, x)`` (:func:`~sdecor.ops.ranked_masking.mask_fill_ranked`: one fused
+    pass on CPU); the string fills ("uniform",
+    "mean") go through :func:`mask_features` per chunk, which draws the random values. Logits
+    are scored in batches of up to ``_SCORE_ROWS`` rows, not per chunk.
     """
     steps1, b = counts.shape
     total = steps1 * b
@@ -245,32 +236,56 @@ def _run(
     ranked = not isinstance(fill, str)
     if ranked:
         fill = fill.to(base.dtype)
-        ranks = _removal_ranks(saliency, largest, base.shape)
-        count_shape = (-1,) + (1,) * (base.ndim - 1)
+        ranks = mask_ranks(saliency, largest=largest)
+        use_cpp = cpp_available(base.device)
+        # one threshold per step: a Python int when the step masks the same count in every sample
+        uniform_rows = (counts == counts[:, :1]).all(dim=1).tolist()
+        row_k = counts[:, 0].tolist()
     per_sample_fill = isinstance(fill, torch.Tensor) and fill.ndim == base.ndim and fill.shape[0] == b and b > 1
     flat_counts = counts.reshape(-1)
+    all_targets = targets.repeat(steps1)
+    pending: list[torch.Tensor] = []
+    pending_lo = start
+    pending_rows = 0
+
+    def flush(upto: int) -> None:
+        nonlocal pending, pending_lo, pending_rows
+        if pending:
+            logits = pending[0] if len(pending) == 1 else torch.cat(pending)
+            out[pending_lo:upto] = score(logits, all_targets[pending_lo:upto]).float()
+        pending, pending_lo, pending_rows = [], upto, 0
+
     n_chunks = max(0, math.ceil((total - start) / batch_size))
     bar = progress_bar(n_chunks, progress, desc)
     for lo in range(start, total, batch_size):
         hi = min(lo + batch_size, total)
-        if hi - lo == b and lo % b == 0:  # exactly one step: the batch in order, no gather
-            x_rep, f_rep, t_rep = base, fill, targets
+        one_step = hi - lo == b and lo % b == 0  # exactly one step: the batch in order, no gather
+        if one_step:
+            x_rep, f_rep = base, fill
             s_rep = ranks if ranked else saliency
         else:
             idx = torch.arange(lo, hi, device=base.device) % b
             x_rep = base.index_select(0, idx)
             s_rep = (ranks if ranked else saliency).index_select(0, idx)
             f_rep = fill.index_select(0, idx) if per_sample_fill else fill
-            t_rep = targets.index_select(0, idx)
         if ranked:
-            masked = torch.where(s_rep < flat_counts[lo:hi].view(count_shape), f_rep, x_rep)
+            step = lo // b
+            if one_step and uniform_rows[step]:
+                threshold = row_k[step]
+            else:
+                threshold = flat_counts[lo:hi]
+            masked = fill_ranked_unchecked(x_rep, s_rep, threshold, f_rep, use_cpp)
         else:
             masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=f_rep, generator=generator)
         logits = _forward(model, masked)
         if lo == start:
             _check_target_range(targets, logits.shape[1])
-        out[lo:hi] = score(logits, t_rep).float()
+        pending.append(logits)
+        pending_rows += hi - lo
+        if pending_rows >= _SCORE_ROWS:
+            flush(hi)
         bar.update(1)
+    flush(total)
     bar.close()
     return out.view(steps1, b).t().contiguous()
 

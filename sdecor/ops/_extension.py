@@ -2,7 +2,8 @@
 
 ``sdecor._C`` (built from ``csrc/``) defines the ``torch.ops.sdecor`` ops of batched saliency
 masking (``mask_select``, ``mask_fill_uniform``) with a CPU implementation, and a CUDA one when
-it was built with ``SDECOR_BUILD_CUDA=1``. When it is missing or fails to load, the package keeps
+it was built with ``SDECOR_BUILD_CUDA=1``; and the rank-once ops of the perturbation curves
+(``mask_ranks``, ``mask_fill_ranked``), CPU only. When it is missing or fails to load, the package keeps
 working on the pure-torch references and warns once, saying how to build it.
 
 Nothing here is imported at package import time: the first caller that needs the extension
@@ -24,7 +25,7 @@ BUILD_HINT = (
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "module": None, "error": None}
-_OPS = ("mask_select", "mask_fill_uniform")
+_OPS = ("mask_select", "mask_fill_uniform", "mask_ranks", "mask_fill_ranked")
 
 
 def _import():
@@ -63,6 +64,7 @@ def load():
             # fake and autograd formulas of the ops (the package exports a function of the same name,
             # so import the module by its full name)
             importlib.import_module("sdecor.ops.mask_features")._register_library_formulas()
+            importlib.import_module("sdecor.ops.ranked_masking")._register_library_formulas()
         _state["tried"] = True
     return _state["module"]
 

@@ -1,0 +1,218 @@
+"""Rank once, mask many times: the masking of every step of a perturbation curve.
+
+A deletion or pixel-flipping curve masks the 1, 2, ..., n most salient positions of the same
+inputs. Instead of one selection per step (:func:`sdecor.ops.mask_features.mask_features`),
+:func:`mask_ranks` ranks each sample's positions once, and :func:`mask_fill_ranked` builds any
+step as ``where(ranks < k, fill, x)``. The positions masked for a count k are exactly those of
+``mask_features(x, saliency, k, largest=...)``: ascending (value, flat index) pairs (``largest``:
+descending value, still ascending index), ``-0.0 == +0.0``.
+
+Backends: ``"cpp"`` (``torch.ops.sdecor.mask_ranks``: a per-sample stable radix sort;
+``torch.ops.sdecor.mask_fill_ranked``: one fused pass), CPU tensors only; ``"reference"`` (a
+stable ``torch.sort`` and ``torch.where``), any device; ``"auto"``: cpp for CPU tensors when the
+extension is built, reference otherwise (on CUDA, sort and where are single kernels already).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from .._validation import FLOAT_DTYPES, check_choice, check_float_tensor, check_tensor
+from . import _extension
+from .mask_features_reference import mask_view_for
+
+__all__ = ["mask_ranks", "mask_fill_ranked", "cpp_available", "BACKENDS"]
+
+BACKENDS = ("auto", "reference", "cpp")
+
+
+def cpp_available(device: torch.device) -> bool:
+    """True when the C++ rank-once kernels can run on tensors of ``device`` (CPU, extension built)."""
+    return device.type == "cpu" and _extension.available() and hasattr(torch.ops.sdecor, "mask_fill_ranked")
+
+
+def _use_cpp(backend: str, device: torch.device) -> bool:
+    check_choice(backend, "backend", BACKENDS)
+    if backend == "reference":
+        return False
+    cpp = cpp_available(device)
+    if backend == "cpp" and not cpp:
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
+        raise ValueError(f"backend='cpp' needs the C++ extension sdecor._C ({_extension.load_error()}); {_extension.BUILD_HINT}")
+    return cpp
+
+
+def _ranks_reference(flat: torch.Tensor, largest: bool) -> torch.Tensor:
+    order = torch.sort(flat, dim=1, stable=True, descending=largest).indices
+    places = torch.arange(flat.shape[1], dtype=torch.int32, device=flat.device).expand(flat.shape[0], -1)
+    return torch.empty(flat.shape, dtype=torch.int32, device=flat.device).scatter_(1, order, places)
+
+
+def mask_ranks(saliency: torch.Tensor, *, largest: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Each position's place in the masking order of its sample.
+
+    Args:
+        saliency: (B, ...) float16, bfloat16, float32 or float64, no NaN (B >= 0); each sample is
+            ranked over all its elements (flattened in row-major order).
+        largest: rank the largest values first (the order of ``mask_features(largest=True)``).
+        backend: ``"auto"``, ``"reference"`` or ``"cpp"``.
+
+    Returns:
+        int32 tensor of saliency's shape: within each sample a permutation of 0 .. F-1, F the
+        elements per sample; ``ranks < k`` masks what ``mask_features(..., k, largest=largest)``
+        masks, for every k.
+
+    Raises:
+        TypeError: saliency not a floating tensor, largest not a bool.
+        ValueError: saliency 0-dim, with NaN, more than 2^31 - 1 elements per sample, or a
+            backend that cannot run here.
+    """
+    check_float_tensor(saliency, "saliency", FLOAT_DTYPES)
+    if saliency.ndim < 1:
+        raise ValueError("saliency must have a batch dimension (B, ...), got a 0-dim tensor")
+    if not isinstance(largest, bool):
+        raise TypeError(f"largest must be a bool, got {type(largest).__name__}")
+    b = saliency.shape[0]
+    flat = saliency.detach().reshape(b, saliency[0].numel() if b else math.prod(saliency.shape[1:]))
+    if flat.shape[1] > 2**31 - 1:
+        raise ValueError(f"saliency must have at most 2^31 - 1 elements per sample, got {flat.shape[1]}")
+    if _use_cpp(backend, saliency.device):
+        ranks = torch.ops.sdecor.mask_ranks(flat, largest)  # raises ValueError on NaN
+    else:
+        if flat.numel() and bool(torch.isnan(flat).any()):
+            raise ValueError("saliency must not contain NaN")
+        ranks = _ranks_reference(flat, largest)
+    return ranks.view(saliency.shape)
+
+
+def _check_layout(x: torch.Tensor, ranks: torch.Tensor) -> None:
+    if ranks.shape == x.shape:
+        return
+    expected = f"x's shape {tuple(x.shape)}"
+    if x.ndim == 4:
+        b, _, h, w = x.shape
+        if tuple(ranks.shape) in ((b, 1, h, w), (b, h, w)):
+            return
+        expected += f", ({b}, 1, {h}, {w}) or ({b}, {h}, {w})"
+    raise ValueError(f"ranks must have {expected}, got shape {tuple(ranks.shape)}")
+
+
+def _check_counts(k, b: int, device: torch.device) -> torch.Tensor | int:
+    if isinstance(k, bool) or (isinstance(k, torch.Tensor) and k.dtype == torch.bool):
+        raise TypeError("k must be an int or a (B,) integer tensor, got a bool")
+    if isinstance(k, numbers.Integral):
+        return int(k)
+    if not isinstance(k, torch.Tensor):
+        raise TypeError(f"k must be an int or a (B,) integer tensor, got {type(k).__name__}")
+    if k.is_floating_point() or k.is_complex():
+        raise TypeError(f"a k tensor must have an integer dtype, got {str(k.dtype).replace('torch.', '')}")
+    if k.ndim != 1 or k.shape[0] != b:
+        raise ValueError(f"a k tensor must have shape ({b},) (one count per sample), got {tuple(k.shape)}")
+    if k.device != device and k.device.type != "cpu":
+        raise ValueError(f"a k tensor must be on the CPU or on x's device ({device}), got {k.device}")
+    return k.to(device=device, dtype=torch.int64)
+
+
+def _check_fill(fill, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(fill, bool) or not isinstance(fill, (numbers.Real, torch.Tensor)):
+        raise TypeError(f"fill must be a number or a tensor broadcastable to x, got {type(fill).__name__}")
+    if not isinstance(fill, torch.Tensor):
+        return torch.tensor(float(fill), dtype=x.dtype, device=x.device)
+    if fill.dtype == torch.bool or fill.is_complex():
+        raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
+    if fill.ndim > 0 and fill.device != x.device:
+        raise ValueError(f"a fill tensor must be on x's device ({x.device}), got {fill.device}")
+    try:
+        shape = torch.broadcast_shapes(fill.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise ValueError(f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}")
+    return fill.to(dtype=x.dtype, device=x.device)
+
+
+def mask_fill_ranked(x: torch.Tensor, ranks: torch.Tensor, k, fill=0.0, *, backend: str = "auto") -> torch.Tensor:
+    """``where(ranks < k, fill, x)``: the input with the first ``k`` positions of each sample filled.
+
+    Args:
+        x: (B, ...) float16, bfloat16, float32 or float64.
+        ranks: int32 from :func:`mask_ranks`, of x's shape (per element) or, for x of shape
+            (B, C, H, W), (B, 1, H, W) or (B, H, W) (per pixel: all channels).
+        k: positions filled per sample: an int, or a (B,) integer tensor (CPU or x's device).
+            Counts below 0 fill nothing, counts above the positions per sample fill everything.
+        fill: a number, or a tensor broadcastable to x (cast to x's dtype).
+        backend: ``"auto"``, ``"reference"`` or ``"cpp"``. With autograd recording and x or a
+            fill tensor requiring grad, the reference runs (gradients as torch.where's).
+
+    Returns:
+        A new tensor of x's shape and dtype (contiguous on the cpp backend).
+
+    Raises:
+        TypeError: x not a floating tensor, ranks not int32, k or fill of the wrong type.
+        ValueError: ranks of the wrong shape or device, a k tensor of the wrong shape or device,
+            a fill that does not broadcast to x, a backend that cannot run here.
+    """
+    check_float_tensor(x, "x", FLOAT_DTYPES)
+    if x.ndim < 1:
+        raise ValueError("x must have a batch dimension (B, ...), got a 0-dim tensor")
+    check_tensor(ranks, "ranks")
+    if ranks.dtype != torch.int32:
+        raise TypeError(f"ranks must be int32 (from mask_ranks), got {str(ranks.dtype).replace('torch.', '')}")
+    if ranks.device != x.device:
+        raise ValueError(f"ranks must be on x's device ({x.device}), got {ranks.device}")
+    _check_layout(x, ranks)
+    counts = _check_counts(k, x.shape[0], x.device)
+    fill_t = _check_fill(fill, x)
+    use_cpp = _use_cpp(backend, x.device)
+    if torch.is_grad_enabled() and (x.requires_grad or fill_t.requires_grad):
+        use_cpp = False
+    return fill_ranked_unchecked(x, ranks, counts, fill_t, use_cpp)
+
+
+def fill_ranked_unchecked(x: torch.Tensor, ranks: torch.Tensor, counts, fill: torch.Tensor, use_cpp: bool) -> torch.Tensor:
+    """:func:`mask_fill_ranked` on already validated arguments (the perturbation engine's hot loop).
+
+    ``counts``: an int or a (B,) int64 tensor on x's device; ``fill``: a tensor of x's dtype
+    broadcastable to x; ``ranks``: int32 of an accepted layout.
+    """
+    b = x.shape[0]
+    if x.numel() == 0:
+        return x.clone()
+    if not use_cpp:
+        threshold = counts if isinstance(counts, int) else counts.view((-1,) + (1,) * (x.ndim - 1))
+        return torch.where(mask_view_for(x.shape, ranks.reshape(b, -1)) < threshold, fill, x)
+    f = ranks[0].numel()
+    x3 = x.reshape(b, -1, f)
+    fill3 = fill.expand(x.shape)
+    try:
+        fill3 = fill3.view(x3.shape)
+    except RuntimeError:  # a broadcast that cannot merge its dims: materialise it once
+        fill3 = fill3.reshape(x3.shape)
+    if isinstance(counts, int):
+        counts = torch.full((b,), counts, dtype=torch.int64, device=x.device)
+    out = torch.ops.sdecor.mask_fill_ranked(x3, ranks.reshape(b, f), counts, fill3)
+    return out.view(x.shape)
+
+
+_registered = False
+
+
+def _register_library_formulas() -> None:
+    """Fake (meta) formulas of the compiled ops (called once, when sdecor._C loads)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+
+    @torch.library.register_fake("sdecor::mask_ranks")
+    def _mask_ranks_fake(saliency, largest):
+        torch._check(saliency.dim() == 2, lambda: "mask_ranks: saliency must be (B, F)")
+        return saliency.new_empty(saliency.shape, dtype=torch.int32)
+
+    @torch.library.register_fake("sdecor::mask_fill_ranked")
+    def _mask_fill_ranked_fake(x, ranks, k, fill):
+        torch._check(x.dim() == 3, lambda: "mask_fill_ranked: x must be (B, R, S)")
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device)
