@@ -234,6 +234,34 @@ def test_deletion_curves_use_the_top1_prediction_and_match_a_loop():
         assert torch.allclose(r.curves[b], torch.tensor(vals), atol=1e-6)
 
 
+@pytest.mark.parametrize("fill", ["black", "blur", 0.25])
+def test_ranked_engine_equals_per_step_mask_features(monkeypatch, fill):
+    """The rank-once engine (C++ or torch) masks exactly what mask_features masks at every step."""
+    import sdecor.metrics.perturbation as P
+    from sdecor.ops.mask_features import mask_features
+
+    g = torch.Generator().manual_seed(5)
+    torch.manual_seed(5)
+    model = TinyCNN().eval()
+    x = torch.rand(4, 3, 5, 7, generator=g)
+    y = torch.randint(0, 4, (4,), generator=g)
+    sal = torch.randint(0, 3, (4, 5, 7), generator=g).float()  # heavy ties
+    sal[0, 0, :3] = -0.0
+    curves = {}
+    for name, cpp in (("auto", None), ("torch", False)):
+        if cpp is not None:
+            monkeypatch.setattr(P, "cpp_available", lambda device: cpp)
+        curves[name] = M.pixel_flipping(model, x, sal, y, step=3, fill=fill, output="logit", batch_size=3).curves
+    assert torch.equal(curves["auto"], curves["torch"])
+    sub = P._substrate(fill, x, "fill", None)
+    with torch.no_grad():
+        for t in range(curves["auto"].shape[1]):
+            k = min(3 * t, 35)
+            masked, _ = mask_features(x, sal, k, largest=True, fill=sub if isinstance(sub, float) else sub.expand(x.shape))
+            expect = model(masked).gather(1, y[:, None]).squeeze(1)
+            assert torch.allclose(curves["auto"][:, t], expect, atol=1e-6), t
+
+
 # --------------------------------------------------------------------------- pixel flipping / regions
 
 

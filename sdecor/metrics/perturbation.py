@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .._validation import check_choice, check_int, check_positive_float
 from ..ops.mask_features import mask_features
-from ..ops.ranked_masking import cpp_available, fill_ranked_unchecked, mask_ranks
+from ..ops.ranked_masking import RankedFill, cpp_available, mask_ranks
 from ._common import (
     PerturbationCurve,
     check_attributions,
@@ -213,16 +213,15 @@ def _run(
     """Evaluate ``score(model(perturbed), targets)`` for every (step, sample) pair.
 
     ``counts``: (S + 1, B) int64, the positions masked in sample b at step t. ``fill``: a float,
-    a mask_features fill string, or a tensor broadcastable to ``base``; a tensor with a batch
-    dimension of B is gathered per pair. ``first_rows``: precomputed scores of step 0 (skipped).
+    a mask_features fill string, or a tensor broadcastable to ``base`` (a tensor with a batch
+    dimension of B is gathered per pair). ``first_rows``: precomputed scores of step 0 (skipped).
     Returns (B, S + 1).
 
     Constant and tensor fills rank each sample's positions once
     (:func:`sdecor.ops.ranked_masking.mask_ranks`) and build every perturbed input as
-    ``where(ranks < k, fill, x)`` (:func:`~sdecor.ops.ranked_masking.mask_fill_ranked`: one fused
-    pass on CPU); the string fills ("uniform",
-    "mean") go through :func:`mask_features` per chunk, which draws the random values. Logits
-    are scored in batches of up to ``_SCORE_ROWS`` rows, not per chunk.
+    ``where(ranks < k, fill, x)`` (:class:`~sdecor.ops.ranked_masking.RankedFill`: one fused pass
+    on CPU); the string fills ("uniform", "mean") go through :func:`mask_features` per chunk,
+    which draws the random values. Logits are scored in batches of up to ``_SCORE_ROWS`` rows.
     """
     steps1, b = counts.shape
     total = steps1 * b
@@ -235,13 +234,7 @@ def _run(
         fill = torch.tensor(fill, dtype=base.dtype, device=base.device)
     ranked = not isinstance(fill, str)
     if ranked:
-        fill = fill.to(base.dtype)
-        ranks = mask_ranks(saliency, largest=largest)
-        use_cpp = cpp_available(base.device)
-        # one threshold per step: a Python int when the step masks the same count in every sample
-        uniform_rows = (counts == counts[:, :1]).all(dim=1).tolist()
-        row_k = counts[:, 0].tolist()
-    per_sample_fill = isinstance(fill, torch.Tensor) and fill.ndim == base.ndim and fill.shape[0] == b and b > 1
+        build = RankedFill(base, mask_ranks(saliency, largest=largest), fill.to(base.dtype), cpp_available(base.device))
     flat_counts = counts.reshape(-1)
     all_targets = targets.repeat(steps1)
     pending: list[torch.Tensor] = []
@@ -259,24 +252,12 @@ def _run(
     bar = progress_bar(n_chunks, progress, desc)
     for lo in range(start, total, batch_size):
         hi = min(lo + batch_size, total)
-        one_step = hi - lo == b and lo % b == 0  # exactly one step: the batch in order, no gather
-        if one_step:
-            x_rep, f_rep = base, fill
-            s_rep = ranks if ranked else saliency
-        else:
-            idx = torch.arange(lo, hi, device=base.device) % b
-            x_rep = base.index_select(0, idx)
-            s_rep = (ranks if ranked else saliency).index_select(0, idx)
-            f_rep = fill.index_select(0, idx) if per_sample_fill else fill
+        rows = None if (hi - lo == b and lo % b == 0) else torch.arange(lo, hi, device=base.device) % b
         if ranked:
-            step = lo // b
-            if one_step and uniform_rows[step]:
-                threshold = row_k[step]
-            else:
-                threshold = flat_counts[lo:hi]
-            masked = fill_ranked_unchecked(x_rep, s_rep, threshold, f_rep, use_cpp)
-        else:
-            masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=f_rep, generator=generator)
+            masked = build(flat_counts[lo:hi], rows)
+        else:  # a fill string: mask_features draws or computes the values
+            x_rep, s_rep = (base, saliency) if rows is None else (base.index_select(0, rows), saliency.index_select(0, rows))
+            masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=fill, generator=generator)
         logits = _forward(model, masked)
         if lo == start:
             _check_target_range(targets, logits.shape[1])

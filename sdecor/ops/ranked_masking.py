@@ -23,7 +23,7 @@ from .._validation import FLOAT_DTYPES, check_choice, check_float_tensor, check_
 from . import _extension
 from .mask_features_reference import mask_view_for
 
-__all__ = ["mask_ranks", "mask_fill_ranked", "cpp_available", "BACKENDS"]
+__all__ = ["mask_ranks", "mask_fill_ranked", "RankedFill", "cpp_available", "BACKENDS"]
 
 BACKENDS = ("auto", "reference", "cpp")
 
@@ -169,32 +169,51 @@ def mask_fill_ranked(x: torch.Tensor, ranks: torch.Tensor, k, fill=0.0, *, backe
     use_cpp = _use_cpp(backend, x.device)
     if torch.is_grad_enabled() and (x.requires_grad or fill_t.requires_grad):
         use_cpp = False
-    return fill_ranked_unchecked(x, ranks, counts, fill_t, use_cpp)
-
-
-def fill_ranked_unchecked(x: torch.Tensor, ranks: torch.Tensor, counts, fill: torch.Tensor, use_cpp: bool) -> torch.Tensor:
-    """:func:`mask_fill_ranked` on already validated arguments (the perturbation engine's hot loop).
-
-    ``counts``: an int or a (B,) int64 tensor on x's device; ``fill``: a tensor of x's dtype
-    broadcastable to x; ``ranks``: int32 of an accepted layout.
-    """
-    b = x.shape[0]
-    if x.numel() == 0:
-        return x.clone()
-    if not use_cpp:
-        threshold = counts if isinstance(counts, int) else counts.view((-1,) + (1,) * (x.ndim - 1))
-        return torch.where(mask_view_for(x.shape, ranks.reshape(b, -1)) < threshold, fill, x)
-    f = ranks[0].numel()
-    x3 = x.reshape(b, -1, f)
-    fill3 = fill.expand(x.shape)
-    try:
-        fill3 = fill3.view(x3.shape)
-    except RuntimeError:  # a broadcast that cannot merge its dims: materialise it once
-        fill3 = fill3.reshape(x3.shape)
     if isinstance(counts, int):
-        counts = torch.full((b,), counts, dtype=torch.int64, device=x.device)
-    out = torch.ops.sdecor.mask_fill_ranked(x3, ranks.reshape(b, f), counts, fill3)
-    return out.view(x.shape)
+        counts = torch.full((x.shape[0],), counts, dtype=torch.int64, device=x.device)
+    return RankedFill(x, ranks, fill_t, use_cpp)(counts)
+
+
+class RankedFill:
+    """Many :func:`mask_fill_ranked` calls on the same x, ranks and fill, with the layouts prepared once.
+
+    ``x``: (B, ...) floating; ``ranks``: int32 of an accepted layout; ``fill``: a tensor of x's
+    dtype broadcastable to x (all already validated). ``RankedFill(...)(counts, rows)`` returns
+    ``where(ranks < counts, fill, x)`` for the samples ``rows`` ((n,) int64 indices, repeats
+    allowed; None: all B in order) with ``counts`` a (n,) int64 tensor on x's device. The
+    perturbation engine calls it once per chunk of perturbed inputs.
+    """
+
+    def __init__(self, x: torch.Tensor, ranks: torch.Tensor, fill: torch.Tensor, use_cpp: bool):
+        b = x.shape[0]
+        self.sample_shape = tuple(x.shape[1:])
+        self.use_cpp = use_cpp and x.numel() > 0
+        fill = fill.expand(x.shape)
+        if self.use_cpp:  # (B, R, S) views: R channels per rank (pixel layout) or 1 (element layout)
+            f = ranks[0].numel()
+            self.x = x.reshape(b, -1, f)
+            self.ranks = ranks.reshape(b, f)
+            try:
+                self.fill = fill.view(self.x.shape)
+            except RuntimeError:  # a broadcast that cannot merge its dims: materialise it once
+                self.fill = fill.reshape(self.x.shape)
+        else:
+            self.x = x
+            self.ranks = mask_view_for(x.shape, ranks.reshape(b, -1)) if x.numel() else ranks
+            self.fill = fill
+
+    def __call__(self, counts: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        x, ranks, fill = self.x, self.ranks, self.fill
+        if rows is not None:
+            x, ranks = x.index_select(0, rows), ranks.index_select(0, rows)
+            # a fill broadcast over the batch (stride 0) needs no gather
+            fill = fill[:1].expand((rows.shape[0],) + fill.shape[1:]) if fill.stride(0) == 0 else fill.index_select(0, rows)
+        n = x.shape[0]
+        if x.numel() == 0:
+            return x.clone().view((n,) + self.sample_shape)
+        if self.use_cpp:
+            return torch.ops.sdecor.mask_fill_ranked(x, ranks, counts, fill).view((n,) + self.sample_shape)
+        return torch.where(ranks < counts.view((-1,) + (1,) * (x.ndim - 1)), fill, x)
 
 
 _registered = False
