@@ -83,3 +83,25 @@ def test_unknown_suite_is_rejected():
 
     with pytest.raises(ValueError, match="unknown benchmark suite"):
         runner.run_suites(["nope"], torch.device("cpu"), quick=True, progress=False)
+
+
+def test_runner_reports_time_over_the_floor(tmp_path, monkeypatch):
+    def suite(device, quick):
+        return [Group(suite="floored", params={"n": 1},
+                      impls=[Impl("ours", lambda: time.sleep(0.003)), Impl("bare", lambda: time.sleep(0.002)),
+                             Impl("theirs", lambda: time.sleep(0.006))],
+                      baseline="theirs", floor="bare")]
+
+    module = types.ModuleType("sdecor.benchmarks.floored")
+    module.run = suite
+    monkeypatch.setitem(sys.modules, "sdecor.benchmarks.floored", module)
+    monkeypatch.setattr(runner, "SUITES", ("floored",))
+    runner.main(suites=["floored"], device="cpu", out=tmp_path, command="test", progress=False)
+    (record,) = json.loads((tmp_path / "cpu-quick.json").read_text())["results"]
+    assert record["floor"] == "bare"
+    impls = record["impls"]
+    assert impls["bare"]["vs_floor"] == 1.0
+    assert 1.2 < impls["ours"]["vs_floor"] < 2.0 and impls["theirs"]["vs_floor"] > 2.5
+    md = (tmp_path / "cpu-quick.md").read_text()
+    assert "| n | impl | ms | speed-up vs baseline | time / floor | peak MB |" in md
+    assert "| 1 | bare (floor) |" in md and "| 1 | **theirs** (baseline) |" in md

@@ -32,6 +32,9 @@ class Group:
     ``params`` describe the setting (shape, dtype, k, ...) and become table columns.
     ``baseline`` names the implementation the speed-up ratios divide by.
     ``skipped`` maps implementation names to the reason they were not run.
+    ``floor`` optionally names an implementation that does only the unavoidable work (the bare
+    forward passes of a metric, the matmuls of a route, a copy of the bytes that must move);
+    every implementation then also gets ``vs_floor`` = its time / the floor's time (>= 1).
     """
 
     suite: str
@@ -39,6 +42,7 @@ class Group:
     impls: list[Impl]
     baseline: str
     skipped: dict = field(default_factory=dict)
+    floor: str | None = None
 
 
 @dataclass

@@ -127,7 +127,7 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_pix, True))
     groups.append(Group(SUITE, {"metric": "deletion", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} px (ours), {step} el (Quantus)",
                                 "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)"},
-                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped))
+                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
 
     # ---- pixel flipping, per pixel (32-pixel steps)
     impls = [
@@ -138,7 +138,7 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_pix, False))
     groups.append(Group(SUITE, {"metric": "pixel_flipping", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} px (ours), {step} el (Quantus)",
                                 "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)"},
-                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped))
+                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
 
     # ---- pixel flipping, equal work: per element, exactly Quantus's perturbation sequence
     impls = [] if quick else [
@@ -150,7 +150,7 @@ def run(device: torch.device, quick: bool) -> list[Group]:
         with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_el, False))
         groups.append(Group(SUITE, {"metric": "pixel_flipping (equal work)", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} el",
                                     "evaluations": f"{el_steps + 1} (ours), {el_steps} (Quantus)"},
-                            impls, "quantus PixelFlipping" if quantus else "forward floor", skipped))
+                            impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
 
     # ---- max-sensitivity: n draws of a gradient explanation
     n = 4 if quick else 10
@@ -173,7 +173,7 @@ def run(device: torch.device, quick: bool) -> list[Group]:
 
     with_quantus(impls, skipped, "quantus MaxSensitivity", make_qms)
     groups.append(Group(SUITE, {"metric": "max_sensitivity", "batch": f"{B}x{C}x{H}x{W}", "step": "-", "evaluations": f"{n} draws"},
-                        impls, "quantus MaxSensitivity" if quantus else "explain floor", skipped))
+                        impls, "quantus MaxSensitivity" if quantus else "explain floor", skipped, floor="explain floor"))
 
     # ---- map-only metrics
     a_np, s_np = a_pix.cpu().numpy(), masks.cpu().numpy().astype("float32")

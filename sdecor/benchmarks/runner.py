@@ -21,7 +21,7 @@ import torch
 
 from .common import Group, measure_interleaved
 
-SUITES = ("decorrelation", "masking", "metrics")
+SUITES = ("decorrelation", "masking", "metrics", "train")
 
 __all__ = ["SUITES", "run_suites", "device_slug", "format_markdown", "main"]
 
@@ -67,10 +67,16 @@ def _measure_group(group: Group, device: torch.device, progress) -> dict:
     if progress is not None:
         progress.update(len(group.impls))
     base = results.get(group.baseline, {}).get("median_ms")
+    floor = results.get(group.floor, {}).get("median_ms") if group.floor else None
     for r in results.values():
         if "median_ms" in r and base:
             r["speedup"] = base / r["median_ms"]
-    return {"suite": group.suite, "params": group.params, "baseline": group.baseline, "impls": results, "skipped": dict(group.skipped)}
+        if "median_ms" in r and floor:
+            r["vs_floor"] = r["median_ms"] / floor
+    record = {"suite": group.suite, "params": group.params, "baseline": group.baseline, "impls": results, "skipped": dict(group.skipped)}
+    if group.floor:
+        record["floor"] = group.floor
+    return record
 
 
 def run_suites(names, device: torch.device, quick: bool, progress: bool = True) -> list[dict]:
@@ -95,15 +101,19 @@ def run_suites(names, device: torch.device, quick: bool, progress: bool = True) 
     return records
 
 
-def _fmt_row(r: dict | None, is_cuda: bool) -> list[str]:
-    """Cells (time, speed-up, peak memory) of one implementation's measurement."""
+def _fmt_row(r: dict | None, is_cuda: bool, with_floor: bool) -> list[str]:
+    """Cells (time, speed-up, [time / floor,] peak memory) of one implementation's measurement."""
+    width = 4 if with_floor else 3
     if r is None:
-        return ["-", "-", "-"]
+        return ["-"] * width
     if "error" in r:
-        return [f"error ({r['error']})", "-", "-"]
+        return [f"error ({r['error']})"] + ["-"] * (width - 1)
     peak = f"{r['peak_mb']:.1f}" if is_cuda and r.get("peak_mb") is not None else "-"
     speedup = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
-    return [f"{r['median_ms']:.3f}", speedup, peak]
+    cells = [f"{r['median_ms']:.3f}", speedup]
+    if with_floor:
+        cells.append(f"{r['vs_floor']:.2f}x" if "vs_floor" in r else "-")
+    return cells + [peak]
 
 
 def format_markdown(env: dict, records: list[dict]) -> str:
@@ -116,23 +126,28 @@ def format_markdown(env: dict, records: list[dict]) -> str:
         f"{env['cpu_threads']} CPU threads, {env['date']}.",
         f"Command: `{env['command']}`",
         "",
-        "Median time per call; speed-up = baseline time / this time (> 1 is faster), all rows of one "
-        "setting measured in the same run, in alternating rounds; "
+        "Median time per call; speed-up = baseline time / this time (> 1 is faster); time / floor = this "
+        "time / the time of the setting's floor (the unavoidable work alone), where a suite has one; "
+        "all rows of one setting measured in the same run, in alternating rounds; "
         + ("peak MB = peak memory above what was allocated before the call." if is_cuda else "peak memory is measured on CUDA only."),
     ]
     for suite in dict.fromkeys(r["suite"] for r in records):
         rows = [r for r in records if r["suite"] == suite]
         params = list(dict.fromkeys(k for r in rows for k in r["params"]))
+        with_floor = any(r.get("floor") for r in rows)
+        headers = ["impl", "ms", "speed-up vs baseline"] + (["time / floor"] if with_floor else []) + ["peak MB"]
         lines += ["", f"## {suite}", ""]
-        lines.append("| " + " | ".join(params + ["impl", "ms", "speed-up vs baseline", "peak MB"]) + " |")
-        lines.append("|" + "---|" * (len(params) + 4))
+        lines.append("| " + " | ".join(params + headers) + " |")
+        lines.append("|" + "---|" * (len(params) + len(headers)))
         for r in rows:
             setting = [str(r["params"].get(p, "")) for p in params]
             for name, result in r["impls"].items():
                 label = f"**{name}** (baseline)" if name == r["baseline"] else name
-                lines.append("| " + " | ".join(setting + [label] + _fmt_row(result, is_cuda)) + " |")
+                if name == r.get("floor"):
+                    label += " (floor)"
+                lines.append("| " + " | ".join(setting + [label] + _fmt_row(result, is_cuda, with_floor)) + " |")
             for name, why in r["skipped"].items():
-                lines.append("| " + " | ".join(setting + [name, "skipped", "-", "-"]) + " |")
+                lines.append("| " + " | ".join(setting + [name, "skipped"] + ["-"] * (len(headers) - 2)) + " |")
         reasons = {k: v for r in rows for k, v in r["skipped"].items()}
         for k, v in reasons.items():
             lines.append(f"\n`{k}` skipped: {v}")
