@@ -78,3 +78,11 @@ def check_finite(value: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``value`` has NaN or inf entries (one device sync)."""
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must be finite, but it contains NaN or inf")
+
+
+def broadcasts_to(shape, target) -> bool:
+    """True when a tensor of ``shape`` broadcasts to exactly ``target`` (torch's rules)."""
+    try:
+        return torch.broadcast_shapes(tuple(shape), tuple(target)) == tuple(target)
+    except RuntimeError:
+        return False

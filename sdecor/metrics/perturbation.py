@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .._validation import check_choice, check_int, check_positive_float
+from .._validation import broadcasts_to, check_choice, check_int, check_positive_float
 from ..ops.mask_features import mask_features
 from ..ops.ranked_masking import RankedFill, cpp_available, mask_ranks
 from ._common import (
@@ -114,11 +114,7 @@ def _substrate(spec, inputs: torch.Tensor, name: str, generator) -> float | torc
             raise ValueError(f"{name} must be on the inputs' device ({inputs.device}), got {spec.device}")
         if not spec.is_floating_point():
             raise TypeError(f"a {name} tensor must be floating, got {spec.dtype}")
-        try:
-            shape = torch.broadcast_shapes(spec.shape, inputs.shape)
-        except RuntimeError:
-            shape = None
-        if shape != inputs.shape:
+        if not broadcasts_to(spec.shape, inputs.shape):
             raise ValueError(f"a {name} tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, got {tuple(spec.shape)}")
         if not bool(torch.isfinite(spec).all()):
             raise ValueError(f"{name} must be finite, but it contains NaN or inf")

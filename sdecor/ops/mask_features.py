@@ -19,12 +19,13 @@ The fake (meta) and autograd formulas of the compiled ops are registered from Py
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import torch
 
-from .._validation import FLOAT_DTYPES, check_choice, check_float_tensor, check_tensor
+from .._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
 from . import _extension
 from .mask_features_reference import mask_select_reference, mask_view_for, uniform_fill_reference
 
@@ -104,11 +105,7 @@ def _check_fill(fill, x: torch.Tensor):
             raise ValueError(f"a fill tensor must be on x's device ({x.device}), got {fill.device}")
         if fill.dtype == torch.bool or fill.is_complex():
             raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
-        try:
-            shape = torch.broadcast_shapes(fill.shape, x.shape)
-        except RuntimeError:
-            shape = None
-        if shape != x.shape:
+        if not broadcasts_to(fill.shape, x.shape):
             raise ValueError(f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}")
         return fill
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
@@ -268,16 +265,9 @@ def _uniform_fill(x, mask_flat, n_draws, generator, chosen):
 
 # --------------------------------------------------------------------------- torch.library formulas
 
-_registered = False
-
-
+@functools.cache
 def _register_library_formulas() -> None:
-    """Fake and autograd formulas of the compiled ops (called once, when sdecor._C loads)."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
+    """Fake and autograd formulas of the compiled ops (run once, when sdecor._C loads)."""
     @torch.library.register_fake("sdecor::mask_select")
     def _mask_select_fake(saliency, k, largest):
         torch._check(saliency.dim() == 2, lambda: "mask_select: saliency must be (B, F)")

@@ -14,12 +14,13 @@ extension is built, reference otherwise (on CUDA, sort and where are single kern
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
 import torch
 
-from .._validation import FLOAT_DTYPES, check_choice, check_float_tensor, check_tensor
+from .._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
 from . import _extension
 from .mask_features_reference import mask_view_for
 
@@ -125,11 +126,7 @@ def _check_fill(fill, x: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
     if fill.ndim > 0 and fill.device != x.device:
         raise ValueError(f"a fill tensor must be on x's device ({x.device}), got {fill.device}")
-    try:
-        shape = torch.broadcast_shapes(fill.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
+    if not broadcasts_to(fill.shape, x.shape):
         raise ValueError(f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}")
     return fill.to(dtype=x.dtype, device=x.device)
 
@@ -216,16 +213,9 @@ class RankedFill:
         return torch.where(ranks < counts.view((-1,) + (1,) * (x.ndim - 1)), fill, x)
 
 
-_registered = False
-
-
+@functools.cache
 def _register_library_formulas() -> None:
-    """Fake (meta) formulas of the compiled ops (called once, when sdecor._C loads)."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-
+    """Fake (meta) formulas of the compiled ops (run once, when sdecor._C loads)."""
     @torch.library.register_fake("sdecor::mask_ranks")
     def _mask_ranks_fake(saliency, largest):
         torch._check(saliency.dim() == 2, lambda: "mask_ranks: saliency must be (B, F)")
