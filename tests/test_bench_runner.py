@@ -4,10 +4,11 @@ import sys
 import time
 import types
 
+import pytest
 import torch
 
 from sdecor.benchmarks import runner
-from sdecor.benchmarks.common import Group, Impl, Measurement, measure, measure_interleaved
+from sdecor.benchmarks.common import Group, Impl, Measurement, measure, measure_interleaved, paired_ratio
 
 
 def _fake_suite(device, quick):
@@ -105,3 +106,13 @@ def test_runner_reports_time_over_the_floor(tmp_path, monkeypatch):
     md = (tmp_path / "cpu-quick.md").read_text()
     assert "| n | impl | ms | speed-up vs baseline | time / floor | peak MB |" in md
     assert "| 1 | bare (floor) |" in md and "| 1 | **theirs** (baseline) |" in md
+
+
+def test_paired_ratio_cancels_a_machine_that_changes_speed():
+    # the machine runs 3x slower in rounds 2-4; ours always takes 1.1x the floor of the same round
+    slow = [1, 1, 3, 3, 3, 1]
+    floor = Measurement(0, 0, None, 6, tuple(10.0 * f for f in slow))
+    ours = Measurement(0, 0, None, 6, tuple(11.0 * f for f in slow))
+    assert paired_ratio(ours, floor) == pytest.approx(1.1)
+    # unequal round counts: the ratio of the medians
+    assert paired_ratio(Measurement(4.0, 0, None, 2, (3.0, 5.0)), Measurement(2.0, 0, None, 1, (2.0,))) == 2.0

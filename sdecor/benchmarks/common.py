@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Impl", "Group", "measure", "measure_interleaved", "Measurement", "synchronize"]
+__all__ = ["Impl", "Group", "measure", "measure_interleaved", "paired_ratio", "pin_glibc_malloc", "Measurement", "synchronize"]
 
 
 @dataclass
@@ -51,6 +51,48 @@ class Measurement:
     iqr_ms: float
     peak_mb: float | None  # peak memory above the pre-call level; None where not measurable (CPU)
     iters: int
+    times_ms: tuple = ()  # every timed call, in call order (one per round when interleaved)
+
+
+def paired_ratio(num: Measurement, den: Measurement) -> float:
+    """Median over rounds of num's time / den's time in the same round (interleaved runs).
+
+    Pairing calls made moments apart cancels a machine whose speed drifts or jumps between
+    states (shared cores, clock changes) far better than a ratio of two medians; with unequal
+    round counts it falls back to the ratio of the medians.
+    """
+    if num.times_ms and len(num.times_ms) == len(den.times_ms):
+        return statistics.median(a / b for a, b in zip(num.times_ms, den.times_ms))
+    return num.median_ms / den.median_ms
+
+
+def pin_glibc_malloc() -> str | None:
+    """Keep glibc from mapping and unmapping large CPU tensors on every call (Linux, glibc only).
+
+    By default glibc serves allocations above a moving threshold (128 KiB at start, adjusted as
+    memory is freed) with fresh ``mmap`` pages and trims freed heap memory, so whether a
+    convolution's output costs page faults depends on the process's allocation history: the
+    same forward pass then takes 50 ms or 120 ms in one process, and a benchmark's ratios swing
+    with it. Fixing the mmap threshold at glibc's maximum (32 MiB on 64-bit) and disabling
+    trimming makes every implementation reuse heap memory, as a caching allocator would (and as
+    CUDA does). Returns a description for the results, or None where it does not apply.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or no libc: nothing to pin
+        return None
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    threshold = 32 * 2**20
+    if not (mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, 2**30)):
+        return None
+    return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB"
 
 
 def synchronize(device: torch.device) -> None:
@@ -86,9 +128,10 @@ def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def _summary(times: list[float], peak_mb: float | None) -> Measurement:
-    times = sorted(times)
-    q = statistics.quantiles(times, n=4) if len(times) >= 4 else [times[0], times[len(times) // 2], times[-1]]
-    return Measurement(median_ms=statistics.median(times), iqr_ms=q[2] - q[0], peak_mb=peak_mb, iters=len(times))
+    ordered = sorted(times)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 4 else [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+    return Measurement(median_ms=statistics.median(ordered), iqr_ms=q[2] - q[0], peak_mb=peak_mb, iters=len(times),
+                       times_ms=tuple(times))
 
 
 def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 0.2, max_iters: int = 200, warmup: int = 2) -> Measurement:
@@ -112,7 +155,7 @@ def measure_interleaved(
     fns: dict[str, Callable[[], object]],
     device: torch.device,
     min_time_s: float = 0.2,
-    min_rounds: int = 5,
+    min_rounds: int = 10,
     max_rounds: int = 200,
     warmup: int = 2,
 ) -> dict[str, Measurement | Exception]:

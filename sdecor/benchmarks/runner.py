@@ -1,8 +1,10 @@
 """Run benchmark suites, print ratio tables, save ``<out>/<device>.json`` and ``.md``.
 
 Every implementation of a :class:`~sdecor.benchmarks.common.Group` is measured in the same run,
-in alternating rounds (:func:`~sdecor.benchmarks.common.measure_interleaved`), so the ratios in
-one table compare like with like even on a machine whose speed drifts. ``speedup`` is baseline time / impl time
+in alternating rounds (:func:`~sdecor.benchmarks.common.measure_interleaved`), and every ratio
+is the median over rounds of the two times of the same round
+(:func:`~sdecor.benchmarks.common.paired_ratio`), so the ratios compare like with like even on a
+machine whose speed drifts. ``speedup`` is baseline time / impl time
 (> 1 means faster than the baseline); ``peak MB`` is the peak memory above what was allocated
 before the call (CUDA only; CPU allocations are not tracked and print as ``-``).
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .common import Group, measure_interleaved
+from .common import Group, measure_interleaved, paired_ratio, pin_glibc_malloc
 
 SUITES = ("decorrelation", "masking", "metrics", "train")
 
@@ -66,13 +68,14 @@ def _measure_group(group: Group, device: torch.device, progress) -> dict:
             results[name] = {"median_ms": m.median_ms, "iqr_ms": m.iqr_ms, "peak_mb": m.peak_mb, "iters": m.iters}
     if progress is not None:
         progress.update(len(group.impls))
-    base = results.get(group.baseline, {}).get("median_ms")
-    floor = results.get(group.floor, {}).get("median_ms") if group.floor else None
-    for r in results.values():
-        if "median_ms" in r and base:
-            r["speedup"] = base / r["median_ms"]
-        if "median_ms" in r and floor:
-            r["vs_floor"] = r["median_ms"] / floor
+    ok = {name: m for name, m in measured.items() if not isinstance(m, Exception)}
+    base = ok.get(group.baseline)
+    floor = ok.get(group.floor) if group.floor else None
+    for name, m in ok.items():  # ratios of calls made in the same round (see paired_ratio)
+        if base is not None:
+            results[name]["speedup"] = paired_ratio(base, m)
+        if floor is not None:
+            results[name]["vs_floor"] = paired_ratio(m, floor)
     record = {"suite": group.suite, "params": group.params, "baseline": group.baseline, "impls": results, "skipped": dict(group.skipped)}
     if group.floor:
         record["floor"] = group.floor
@@ -123,12 +126,14 @@ def format_markdown(env: dict, records: list[dict]) -> str:
         f"# Benchmarks on {env['device_name']} ({env['device']})",
         "",
         f"torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, Python {env['python']}, "
-        f"{env['cpu_threads']} CPU threads, {env['date']}.",
+        f"{env['cpu_threads']} CPU threads, {env['date']}."
+        + (f" Allocator: {env['allocator']}." if env.get("allocator") else ""),
         f"Command: `{env['command']}`",
         "",
         "Median time per call; speed-up = baseline time / this time (> 1 is faster); time / floor = this "
-        "time / the time of the setting's floor (the unavoidable work alone), where a suite has one; "
-        "all rows of one setting measured in the same run, in alternating rounds; "
+        "time / the time of the setting's floor (the unavoidable work alone), where a suite has one. "
+        "All rows of one setting are measured in the same run, in alternating rounds, and each ratio is "
+        "the median over rounds of the times of the same round; "
         + ("peak MB = peak memory above what was allocated before the call." if is_cuda else "peak memory is measured on CUDA only."),
     ]
     for suite in dict.fromkeys(r["suite"] for r in records):
@@ -163,6 +168,8 @@ def main(suites=SUITES, device: str | None = None, quick: bool | None = None, ou
         quick = dev.type != "cuda"
     command = command or " ".join([Path(sys.argv[0]).name] + sys.argv[1:])
     env = _environment(dev, command)
+    if dev.type == "cpu":
+        env["allocator"] = pin_glibc_malloc() or "default"
     records = run_suites(suites, dev, quick, progress=progress)
     text = format_markdown(env, records)
     print(text)
