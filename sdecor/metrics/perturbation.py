@@ -2,10 +2,13 @@
 Saliency-Guided-Training masked-accuracy curve.
 
 All of them share one engine: the (steps + 1) x B perturbed inputs are enumerated step-major
-(all samples of step 0, then of step 1, ...), cut into chunks of ``batch_size`` inputs, each chunk
-built by ONE :func:`sdecor.ops.mask_features.mask_features` call with a per-input count ``k``
-(a (n,) tensor) and evaluated by one model call. There is no Python loop over samples, and memory
-is bounded by the chunk. The model runs under ``torch.no_grad()`` in whatever mode the caller left
+(all samples of step 0, then of step 1, ...) and cut into chunks of ``batch_size`` inputs, each
+evaluated by one model call. Each sample's positions are ranked once
+(:func:`sdecor.ops.ranked_masking.mask_ranks`, the selection order of
+:func:`sdecor.ops.mask_features.mask_features`), and a chunk is built by ONE fused pass
+``where(ranks < k, fill, x)`` with a per-input count ``k`` (the random "uniform" fill instead
+takes one ``mask_features`` call per chunk, which draws the values). There is no Python loop over
+samples, and memory is bounded by the chunk. The model runs under ``torch.no_grad()`` in whatever mode the caller left
 it (train or eval; most users pass ``model.eval()``: in train mode dropout and batch-norm make the
 curves noisy and batch-norm statistics are updated by the perturbed inputs).
 
