@@ -206,6 +206,10 @@ DDP_SCRIPT = textwrap.dedent(
     if rank == 0:
         print(json.dumps({"err": err, "err_naive": err_naive, "pen_err": abs(float(pen) - float(ref_pen)) / float(ref_pen),
                           "replica_diff": float((flat - other).abs().max())}))
+    # orderly teardown: without it gloo's threads sometimes abort a rank at exit
+    # ("terminate called without an active exception") after the results are printed
+    dist.barrier()
+    del ddp, opt
     dist.destroy_process_group()
     """
 )
