@@ -217,3 +217,18 @@ def test_cpp_op_checks_its_arguments():
         torch.ops.sdecor.mask_fill_ranked(x, ranks, k, x.double())
     with pytest.raises(RuntimeError, match="ranks must be"):
         torch.ops.sdecor.mask_fill_ranked(x, ranks[:, :4], k, x)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_ranks_and_fill_equal_cpu(dtype):
+    s = tied((6, 3, 17, 19), dtype=dtype, seed=8)
+    x = torch.randn(6, 3, 17, 19).to(dtype)
+    k = torch.tensor([0, 1, 100, 500, 968, 969])
+    for largest in (False, True):
+        r_cpu = mask_ranks(s, largest=largest)
+        r_gpu = mask_ranks(s.cuda(), largest=largest)
+        assert r_gpu.device.type == "cuda" and torch.equal(r_gpu.cpu(), r_cpu)
+        fill = torch.randn(6, 1, 1, 1).to(dtype)
+        out = mask_fill_ranked(x.cuda(), r_gpu, k.cuda(), fill.cuda())
+        assert torch.equal(out.cpu(), mask_fill_ranked(x, r_cpu, k, fill))
