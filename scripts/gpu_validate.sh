@@ -15,7 +15,11 @@
 #   masking          the full masking suite, as 2 parts (masking:1/2, masking:2/2)
 #   metrics, train   the full metrics / train suite
 #   SUITE:I/K        one part of decorrelation or masking (e.g. to finish one in a later call)
-# The two calls of docs/gpu_validation.md:
+#   tune             bench/tune_decorrelation.py: the Triton kernels' tile-size sweep at the 8
+#                    decorrelation target settings (no build needed), ~6 minutes; its JSON and
+#                    Markdown go to "$OUT" as tune.json and tune.md (SDECOR_TUNE_ARGS: extra args)
+# The calls of docs/gpu_validation.md:
+#   bash scripts/gpu_validate.sh tune                 (optional, first: tile sizes; alone in its call)
 #   bash scripts/gpu_validate.sh build targets decorrelation
 #   bash scripts/gpu_validate.sh build tests masking metrics train
 #
@@ -23,13 +27,15 @@
 # budget; a failing step does not stop the next one. At the end: the JSONs of this call merged
 # (bench/targets.py --merge) with the issue 7 targets table, a summary, and everything copied to
 # "$OUT" when it is set (5 files: summary.txt, results.json = this call's merged results,
-# results.md, targets.md, and all.tar.gz with every log, step JSON and table). Exit status 1 if
+# results.md, targets.md, and all.tar.gz with every log, step JSON and table; the tune step adds
+# tune.json and tune.md). Exit status 1 if
 # any step failed or was not run for lack of time, else 0.
 #
 # Environment:
 #   SDECOR_GPU_BUDGET_S  seconds for the whole call (default 540)
 #   SDECOR_GPU_DRY=1     dry run on a CPU machine: build and tests are skipped, benchmarks run in
-#                        quick mode on the CPU
+#                        quick mode on the CPU (tune: the interpreter on tiny shapes)
+#   SDECOR_TUNE_ARGS     extra arguments of the tune step (e.g. "--context full --settings 256x512")
 #   SDECOR_RUN_DIR       work folder (default /tmp/sdecor-gpu-validate, emptied first)
 #   PYTHON               interpreter (default python3)
 set -u
@@ -113,6 +119,24 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_dev
 assert _extension.has_cuda(), 'sdecor._C has no CUDA kernels: ' + str(_extension.load_error())"
 }
 
+# tune: the sweep gets the step's limit minus a margin for start-up, the pool's exit and the writing
+step_tune() {
+  local dir="$RUN/tune" cap=360 now left limit budget
+  mkdir -p "$dir"
+  now=$(date +%s)
+  left=$((DEADLINE - RESERVE - now))
+  limit=$((left < cap ? left : cap))
+  budget=$((limit - 50))
+  [ "$budget" -lt 10 ] && budget=10
+  if [ "$DRY" = 1 ]; then
+    run_step tune "$cap" "$PY" bench/tune_decorrelation.py --quick --device cpu --budget-s "$budget" --out "$dir"
+  else
+    # shellcheck disable=SC2086  # SDECOR_TUNE_ARGS is a list of arguments
+    run_step tune "$cap" "$PY" bench/tune_decorrelation.py --budget-s "$budget" --out "$dir" ${SDECOR_TUNE_ARGS:-}
+  fi
+  TUNE_DIR=$dir
+}
+
 step_tests() {
   if [ "$DRY" = 1 ]; then
     note "$(printf '%-22s skipped (dry run)' tests)"
@@ -138,8 +162,9 @@ for step in "${STEPS[@]}"; do
     masking) for i in 1 2; do bench_step "masking:$i/2" 240 --suite masking --part "$i/2"; done ;;
     decorrelation:*/* | masking:*/*) bench_step "$step" 300 --suite "${step%%:*}" --part "${step#*:}" ;;
     metrics | train) bench_step "$step" 240 --suite "$step" ;;
+    tune) step_tune ;;
     *)
-      note "unknown step '$step' (build tests targets decorrelation masking metrics train SUITE:I/K)"
+      note "unknown step '$step' (build tests targets decorrelation masking metrics train tune SUITE:I/K)"
       FAILED=1
       ;;
   esac
@@ -175,9 +200,15 @@ if [ -n "${OUT:-}" ]; then
     cp "$RUN/merged/$slug-targets.md" "$OUT/targets.md" 2>/dev/null
   else
     n=0
+    maxj=6
+    [ -n "${TUNE_DIR:-}" ] && maxj=4  # at most 8 files come back; tune adds two
     for entry in "${JSONS[@]}"; do
-      [ "$n" -lt 6 ] && cp "${entry#* }" "$OUT/${entry%% *}.json" && n=$((n + 1))
+      [ "$n" -lt "$maxj" ] && cp "${entry#* }" "$OUT/${entry%% *}.json" && n=$((n + 1))
     done
+  fi
+  if [ -n "${TUNE_DIR:-}" ]; then  # the sweep's results (tune-<device>.json / .md)
+    for f in "$TUNE_DIR"/tune-*.json; do [ -f "$f" ] && cp "$f" "$OUT/tune.json"; done
+    for f in "$TUNE_DIR"/tune-*.md; do [ -f "$f" ] && cp "$f" "$OUT/tune.md"; done
   fi
   tar -czf "$OUT/all.tar.gz" -C "$RUN" . 2>/dev/null || echo "could not pack $RUN"
   echo "copied to $OUT: $(ls "$OUT" | tr '\n' ' ')"
