@@ -71,6 +71,13 @@ class Attribution(abc.ABC):
     def _call_options(self, overrides: dict) -> dict:
         return self._merge(overrides, self.options) if overrides else self.options
 
+    def _targets(self, x: torch.Tensor, target) -> torch.Tensor:
+        """(B,) int64 targets for ``x``; ``None`` runs the model once (no grad) for its argmax."""
+        if target is None:
+            with torch.no_grad():
+                return resolve_target(None, x.shape[0], x.device, self.model(x))
+        return resolve_target(target, x.shape[0], x.device)
+
     # -- public API ----------------------------------------------------------------------------
     @abc.abstractmethod
     def attribute(self, inputs: torch.Tensor, target=None, **overrides) -> torch.Tensor:

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_int, check_positive_float
-from ._base import Attribution, check_inputs, resolve_target, row_chunks
+from ._base import Attribution, check_inputs, row_chunks
 
 __all__ = ["DANCE", "Decoys", "EPS_MODES"]
 
@@ -364,12 +364,7 @@ class DANCE(Attribution):
         opts = self._call_options(overrides)
         x, x_min, x_max, masks, phi0, tol = self._setup(inputs, opts)
         batch = x.shape[0]
-        if target is None:
-            with torch.no_grad():
-                output = self.model(x)
-            target_t = resolve_target(None, batch, x.device, output)
-        else:
-            target_t = resolve_target(target, batch, x.device)
+        target_t = self._targets(x, target)
         base = self.base_method.attribute(x, target_t)
         high = base.detach().clone()
         low = base.detach().clone()

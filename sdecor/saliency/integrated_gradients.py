@@ -105,12 +105,7 @@ class IntegratedGradients(Attribution):
         x = inputs.detach()
         base = self._baselines(baselines, x)
         batch = x.shape[0]
-        if target is None:
-            with torch.no_grad():
-                output = self.model(x)
-            target_t = resolve_target(None, batch, x.device, output)
-        else:
-            target_t = resolve_target(target, batch, x.device)
+        target_t = self._targets(x, target)
         alphas, weights = quadrature(opts["method"], opts["n_steps"])
         n = len(alphas)
         alpha_t = torch.tensor(alphas, dtype=x.dtype, device=x.device)

@@ -62,12 +62,7 @@ class SmoothGrad(Attribution):
                 raise ValueError(f"generator must be on the inputs' device ({inputs.device}), got {generator.device}")
         batch = inputs.shape[0]
         x = inputs.detach()
-        if target is None:
-            with torch.no_grad():
-                output = self.model(x)
-            target_t = resolve_target(None, batch, x.device, output)
-        else:
-            target_t = resolve_target(target, batch, x.device)
+        target_t = self._targets(x, target)
         n = opts["n_samples"]
         rows = opts["samples_batch_size"] or batch * n
         flat = x.reshape(batch, -1)
