@@ -19,6 +19,7 @@ __all__ = [
     "align_masks",
     "prepare_attributions",
     "chunks",
+    "chunked_map_scores",
     "progress_bar",
     "trapezoid_auc",
 ]
@@ -190,6 +191,25 @@ def chunks(total: int, size: int | None) -> Iterator[tuple[int, int]]:
     size = total if size is None else max(1, size)
     for start in range(0, total, max(size, 1)):
         yield start, min(start + size, total)
+
+
+def chunked_map_scores(attributions: torch.Tensor, score, *, abs: bool, normalise: bool, batch_size: int | None,
+                       progress: bool, desc: str) -> torch.Tensor:
+    """(B,) scores of maps computed in chunks of ``batch_size`` samples (bounded memory).
+
+    Each chunk of ``attributions`` is preprocessed (:func:`prepare_attributions`) and flattened to
+    (hi - lo, F); ``score(a, lo, hi)`` returns its (hi - lo,) scores. A progress bar counts samples.
+    """
+    batch_size = check_batch_size(batch_size)
+    b = attributions.shape[0]
+    out = []
+    bar = progress_bar(b, progress, desc)
+    for lo, hi in chunks(b, batch_size):
+        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=normalise).reshape(hi - lo, -1)
+        out.append(score(a, lo, hi))
+        bar.update(hi - lo)
+    bar.close()
+    return torch.cat(out)
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

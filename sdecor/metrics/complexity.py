@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_attributions, check_batch_size, chunks, prepare_attributions, progress_bar
+from ._common import check_attributions, chunked_map_scores
 
 __all__ = ["sparseness", "complexity"]
 
@@ -34,19 +34,15 @@ def sparseness(attributions: torch.Tensor, *, abs: bool = True, normalise: bool 
     (B,) tensor on the attributions' device (float32, or float64 for float64 input).
     """
     check_attributions(attributions)
-    batch_size = check_batch_size(batch_size)
-    b = attributions.shape[0]
-    out = []
-    bar = progress_bar(b, progress, "sparseness")
-    for lo, hi in chunks(b, batch_size):
-        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=normalise).reshape(hi - lo, -1)
+
+    def gini(a, lo, hi):
         a = torch.sort(a + 1e-7, dim=1).values
         n = a.shape[1]
         weights = 2 * torch.arange(1, n + 1, device=a.device, dtype=a.dtype) - n - 1
-        out.append((a * weights).sum(dim=1) / (n * a.sum(dim=1)))
-        bar.update(hi - lo)
-    bar.close()
-    return torch.cat(out)
+        return (a * weights).sum(dim=1) / (n * a.sum(dim=1))
+
+    return chunked_map_scores(attributions, gini, abs=abs, normalise=normalise, batch_size=batch_size,
+                              progress=progress, desc="sparseness")
 
 
 def complexity(attributions: torch.Tensor, *, abs: bool = True, normalise: bool = True, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
@@ -61,15 +57,10 @@ def complexity(attributions: torch.Tensor, *, abs: bool = True, normalise: bool 
     Parameters and return value as for :func:`sparseness`.
     """
     check_attributions(attributions)
-    batch_size = check_batch_size(batch_size)
-    b = attributions.shape[0]
-    out = []
-    bar = progress_bar(b, progress, "complexity")
-    for lo, hi in chunks(b, batch_size):
-        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=normalise).reshape(hi - lo, -1)
-        p = a / a.abs().sum(dim=1, keepdim=True)
-        out.append(-(p * torch.log(p + 1e-12)).sum(dim=1))
-        bar.update(hi - lo)
-    bar.close()
-    return torch.cat(out)
 
+    def entropy(a, lo, hi):
+        p = a / a.abs().sum(dim=1, keepdim=True)
+        return -(p * torch.log(p + 1e-12)).sum(dim=1)
+
+    return chunked_map_scores(attributions, entropy, abs=abs, normalise=normalise, batch_size=batch_size,
+                              progress=progress, desc="complexity")

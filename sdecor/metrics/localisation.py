@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import check_int
-from ._common import align_masks, check_attributions, check_batch_size, check_masks, chunks, prepare_attributions, progress_bar
+from ._common import align_masks, check_attributions, check_masks, chunked_map_scores
 
 __all__ = ["pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy"]
 
@@ -65,21 +65,17 @@ def pointing_game(attributions: torch.Tensor, masks: torch.Tensor, tolerance: in
     tolerance = check_int(tolerance, "tolerance", low=0)
     if tolerance and attributions.ndim < 3:
         raise ValueError(f"tolerance > 0 needs spatial attributions (B, [C,] H, W), got shape {tuple(attributions.shape)}")
-    batch_size = check_batch_size(batch_size)
-    b = attributions.shape[0]
-    out = []
-    bar = progress_bar(b, progress, "pointing_game")
-    for lo, hi in chunks(b, batch_size):
-        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=False).reshape(hi - lo, -1)
+
+    def hit(a, lo, hi):
         m = masks[lo:hi]
         empty = ~m.reshape(hi - lo, -1).any(dim=1)
         m = _dilate(m, tolerance).reshape(hi - lo, -1)
         at_max = a == a.amax(dim=1, keepdim=True)
-        hit = (at_max & m).any(dim=1).to(a.dtype)
-        out.append(torch.where(empty, torch.full_like(hit, float("nan")), hit))
-        bar.update(hi - lo)
-    bar.close()
-    return torch.cat(out)
+        found = (at_max & m).any(dim=1).to(a.dtype)
+        return torch.where(empty, torch.full_like(found, float("nan")), found)
+
+    return chunked_map_scores(attributions, hit, abs=abs, normalise=False, batch_size=batch_size,
+                              progress=progress, desc="pointing_game")
 
 
 def relevance_mass_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, abs: bool = False, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
@@ -92,19 +88,14 @@ def relevance_mass_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, 
     Parameters, shapes and return value as for :func:`pointing_game`.
     """
     masks = _prepare(attributions, masks)
-    batch_size = check_batch_size(batch_size)
-    b = attributions.shape[0]
-    out = []
-    bar = progress_bar(b, progress, "relevance_mass_accuracy")
-    for lo, hi in chunks(b, batch_size):
-        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=False).reshape(hi - lo, -1)
+
+    def mass(a, lo, hi):
         m = masks[lo:hi].reshape(hi - lo, -1)
-        within = (a * m).sum(dim=1)
-        score = within / a.sum(dim=1)
-        out.append(torch.where(m.any(dim=1), score, torch.full_like(score, float("nan"))))
-        bar.update(hi - lo)
-    bar.close()
-    return torch.cat(out)
+        score = (a * m).sum(dim=1) / a.sum(dim=1)
+        return torch.where(m.any(dim=1), score, torch.full_like(score, float("nan")))
+
+    return chunked_map_scores(attributions, mass, abs=abs, normalise=False, batch_size=batch_size,
+                              progress=progress, desc="relevance_mass_accuracy")
 
 
 def relevance_rank_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, abs: bool = False, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
@@ -118,19 +109,15 @@ def relevance_rank_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, 
     Parameters, shapes and return value as for :func:`pointing_game`.
     """
     masks = _prepare(attributions, masks)
-    batch_size = check_batch_size(batch_size)
-    b = attributions.shape[0]
-    out = []
-    bar = progress_bar(b, progress, "relevance_rank_accuracy")
-    for lo, hi in chunks(b, batch_size):
-        a = prepare_attributions(attributions[lo:hi], abs=abs, normalise=False).reshape(hi - lo, -1)
+
+    def rank(a, lo, hi):
         m = masks[lo:hi].reshape(hi - lo, -1)
         k = m.sum(dim=1, keepdim=True)
         order = torch.sort(a, dim=1, descending=True, stable=True).indices
         in_mask = torch.gather(m, 1, order)
         top = torch.arange(a.shape[1], device=a.device)[None, :] < k
         score = (in_mask & top).sum(dim=1).to(a.dtype) / k.squeeze(1).to(a.dtype)
-        out.append(torch.where(k.squeeze(1) > 0, score, torch.full_like(score, float("nan"))))
-        bar.update(hi - lo)
-    bar.close()
-    return torch.cat(out)
+        return torch.where(k.squeeze(1) > 0, score, torch.full_like(score, float("nan")))
+
+    return chunked_map_scores(attributions, rank, abs=abs, normalise=False, batch_size=batch_size,
+                              progress=progress, desc="relevance_rank_accuracy")

@@ -270,6 +270,11 @@ def _run(
     return out.view(steps1, b).t().contiguous()
 
 
+def _curve(curves: torch.Tensor, fractions: torch.Tensor, targets: torch.Tensor) -> PerturbationCurve:
+    """The result: (B, S + 1) curves, float64 fractions (for the AUC), the followed targets."""
+    return PerturbationCurve(curves=curves, fractions=fractions.float(), auc=trapezoid_auc(curves.double(), fractions).float(), targets=targets)
+
+
 def _common_args(model, inputs, attributions, targets, batch_size, output, generator=None, att_name="attributions"):
     _check_model(model)
     check_inputs(inputs)
@@ -326,8 +331,7 @@ def _causal_curve(mode, model, inputs, attributions, *, targets, step, substrate
             start = torch.full_like(inputs, sub) if isinstance(sub, float) else sub.expand(inputs.shape).contiguous()
             curves = _run(model, start, saliency, counts, largest=True, fill=inputs, score=score, targets=targets,
                           batch_size=batch_size, generator=generator, progress=progress, desc="insertion")
-    fractions = fractions.to(inputs.device)
-    return PerturbationCurve(curves=curves, fractions=fractions.float(), auc=trapezoid_auc(curves.double(), fractions).float(), targets=targets)
+    return _curve(curves, fractions.to(inputs.device), targets)
 
 
 def deletion_curve(
@@ -493,8 +497,7 @@ def _flip(model, inputs, saliency, counts, fractions, *, largest, fill, targets,
         curves = _run(model, inputs, saliency, counts, largest=largest, fill=fill, score=score, targets=targets,
                       batch_size=batch_size, generator=generator, progress=progress, desc=desc,
                       first_rows=score(logits0, targets))
-    fractions = fractions.to(inputs.device)
-    return PerturbationCurve(curves=curves, fractions=fractions.float(), auc=trapezoid_auc(curves.double(), fractions).float(), targets=targets)
+    return _curve(curves, fractions.to(inputs.device), targets)
 
 
 def _padding(dim: int, patch: int) -> tuple[int, int]:
