@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sdecor.benchmarks import decorrelation as suite
+from sdecor.benchmarks.common import pedantic
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _GROUPS = None
@@ -36,14 +37,5 @@ def test_decorrelation_forward_backward(benchmark, index, impl_name):
     impls = {impl.name: impl for impl in group.impls}
     if impl_name not in impls:
         pytest.skip(group.skipped.get(impl_name, f"{impl_name} is timed on CUDA only"))
-    fn = impls[impl_name].fn
-    fn()  # compile / warm up outside the timing
-    if DEVICE.type == "cuda":
-        def timed():
-            fn()
-            torch.cuda.synchronize()
-    else:
-        timed = fn
-    benchmark.group = _label(group.params)
-    benchmark.extra_info.update(group.params)
-    benchmark.pedantic(timed, rounds=5 if impl_name == "compiled" else 10, warmup_rounds=1)
+    rounds = 5 if impl_name == "compiled" else 10
+    pedantic(benchmark, impls[impl_name].fn, DEVICE, _label(group.params), group.params, rounds, warmup_rounds=1)

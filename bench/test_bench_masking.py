@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sdecor.benchmarks import masking as suite
+from sdecor.benchmarks.common import pedantic
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = [
@@ -42,16 +43,5 @@ IDS = ["B{}-{}x{}-{}-k{}-{}".format(*SETTINGS[i][:4], int(SETTINGS[i][4] * 100),
 def test_masking(benchmark, index, impl_name):
     group = _groups()[index]
     fn = {impl.name: impl for impl in group.impls}[impl_name].fn
-    fn()  # warm up outside the timing
-    if DEVICE.type == "cuda":
-
-        def timed():
-            fn()
-            torch.cuda.synchronize()
-
-    else:
-        timed = fn
-    benchmark.group = _label(group.params)
-    benchmark.extra_info.update(group.params)
     slow = SETTINGS[index][1] == 224 and impl_name in ("reference", "sgt_loop")
-    benchmark.pedantic(timed, rounds=3 if slow else 10, warmup_rounds=0)
+    pedantic(benchmark, fn, DEVICE, _label(group.params), group.params, rounds=3 if slow else 10)
