@@ -61,30 +61,30 @@ class PerturbationCurve:
         return (self.curves[:, :1] - self.curves).mean(dim=1)
 
 
+def _check_batched(value, name: str, min_ndim: int, layout: str) -> torch.Tensor:
+    """Floating tensor with at least ``min_ndim`` dims, one sample or more, no NaN/inf."""
+    check_float_tensor(value, name, FLOAT_DTYPES)
+    if value.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions {layout}, got shape {tuple(value.shape)}")
+    if value.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(value.shape)}")
+    if not bool(torch.isfinite(value).all()):
+        bad = "NaN" if bool(torch.isnan(value).any()) else "inf"
+        raise ValueError(f"{name} must be finite, but it contains {bad}")
+    return value
+
+
 def check_attributions(attributions, name: str = "attributions", min_ndim: int = 2) -> torch.Tensor:
-    """Floating tensor with a batch dimension and no NaN/inf; raises naming ``name``."""
-    check_float_tensor(attributions, name, FLOAT_DTYPES)
-    if attributions.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions (B, ...), got shape {tuple(attributions.shape)}")
-    if attributions.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(attributions.shape)}")
+    """Floating tensor with a batch dimension, a feature per sample and no NaN/inf; raises naming ``name``."""
+    _check_batched(attributions, name, min_ndim, "(B, ...)")
     if attributions[0].numel() == 0:
         raise ValueError(f"{name} must have at least one feature per sample, got shape {tuple(attributions.shape)}")
-    if not bool(torch.isfinite(attributions).all()):
-        bad = "NaN" if bool(torch.isnan(attributions).any()) else "inf"
-        raise ValueError(f"{name} must be finite, but it contains {bad}")
     return attributions
 
 
 def check_inputs(inputs, name: str = "inputs", min_ndim: int = 2) -> torch.Tensor:
-    check_float_tensor(inputs, name, FLOAT_DTYPES)
-    if inputs.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions (B, C, ...), got shape {tuple(inputs.shape)}")
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name} must hold at least one sample, got shape {tuple(inputs.shape)}")
-    if not bool(torch.isfinite(inputs).all()):
-        raise ValueError(f"{name} must be finite, but it contains NaN or inf")
-    return inputs
+    """Floating (B, C, ...) tensor with B >= 1 and no NaN/inf; raises naming ``name``."""
+    return _check_batched(inputs, name, min_ndim, "(B, C, ...)")
 
 
 def check_masks(masks, name: str = "masks") -> torch.Tensor:
