@@ -8,6 +8,7 @@
   defaults to Hopper, ``9.0``). It is never gated on ``torch.cuda.is_available()``.
 * ``SDECOR_NO_EXTENSION=1`` skips the extension entirely.
 """
+
 import glob
 import os
 

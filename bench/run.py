@@ -2,6 +2,7 @@
 
 Same as ``sdecor bench``; prints the tables and writes bench/results/<device>.json and .md.
 """
+
 import sys
 
 from sdecor.cli import main

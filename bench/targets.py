@@ -2,6 +2,7 @@
 ``<stem>-targets.md`` beside the JSON. ``--merge OUT.json A.json B.json`` merges runs first;
 ``--run`` measures only the target settings first. See ``sdecor/benchmarks/targets.py``.
 """
+
 import sys
 
 from sdecor.benchmarks.targets import main

@@ -5,6 +5,7 @@ interpreter is no performance path); on a CUDA machine also the Triton kernels a
 matmul floor. Run: ``pytest bench/test_bench_decorrelation.py --benchmark-only``; compare
 entries of one ``benchmark.group`` (one input setting) with each other.
 """
+
 import pytest
 import torch
 
@@ -26,7 +27,9 @@ def _label(params: dict) -> str:
     return f"{params['dtype']}-N{params['N']}-D{params['D']}"
 
 
-CASES = [(i, name) for i in range(len(suite.QUICK_SIZES)) for name in ("reference", "compiled", "triton", "matmul_floor")]
+CASES = [
+    (i, name) for i in range(len(suite.QUICK_SIZES)) for name in ("reference", "compiled", "triton", "matmul_floor")
+]
 IDS = ["N{}-D{}-{}".format(*suite.QUICK_SIZES[i], name) for i, name in CASES]
 
 

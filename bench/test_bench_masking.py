@@ -7,6 +7,7 @@ pure-torch ``reference`` and the per-sample ``sgt_loop``. Run:
 ``benchmark.group`` (one input setting) with each other. The full tables with ratios come from
 ``sdecor bench --suite masking``.
 """
+
 import pytest
 import torch
 

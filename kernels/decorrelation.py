@@ -38,6 +38,7 @@ accumulate in fp32; fp16/bf16 tiles go to the tensor cores in their own dtype (b
 in covariance mode, where variances can leave fp16's range), fp32 tiles use 3xTF32.
 Under the Triton interpreter (TRITON_INTERPRET=1) tiles are cast to fp32 before tl.dot.
 """
+
 from __future__ import annotations
 
 import os
@@ -135,8 +136,22 @@ def _sum_loss_parts(loss_part_ptr, n_parts, loss_ptr, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _finalize_stats(cols, cmask, mean, m2, mean_ptr, scale_ptr, diag_ptr, loss_part_ptr, part,
-                    inv_nprime, eps, loss_factor, CORR: tl.constexpr, DIAG_LOSS: tl.constexpr):
+def _finalize_stats(
+    cols,
+    cmask,
+    mean,
+    m2,
+    mean_ptr,
+    scale_ptr,
+    diag_ptr,
+    loss_part_ptr,
+    part,
+    inv_nprime,
+    eps,
+    loss_factor,
+    CORR: tl.constexpr,
+    DIAG_LOSS: tl.constexpr,
+):
     var = m2 * inv_nprime
     if CORR:
         scale = 1.0 / tl.sqrt(var + eps)
@@ -157,10 +172,29 @@ def _finalize_stats(cols, cmask, mean, m2, mean_ptr, scale_ptr, diag_ptr, loss_p
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _col_stats_kernel(
-    x_ptr, pmean_ptr, pm2_ptr, mean_ptr, scale_ptr, diag_ptr, loss_part_ptr,
-    n, D, S, stride_n, stride_s, stride_c, chunk, inv_nprime, eps, loss_factor,
-    CORR: tl.constexpr, FUSED: tl.constexpr, DIAG_LOSS: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_C: tl.constexpr, OFF64: tl.constexpr,
+    x_ptr,
+    pmean_ptr,
+    pm2_ptr,
+    mean_ptr,
+    scale_ptr,
+    diag_ptr,
+    loss_part_ptr,
+    n,
+    D,
+    S,
+    stride_n,
+    stride_s,
+    stride_c,
+    chunk,
+    inv_nprime,
+    eps,
+    loss_factor,
+    CORR: tl.constexpr,
+    FUSED: tl.constexpr,
+    DIAG_LOSS: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     pid_c = tl.program_id(0)
     split = tl.program_id(1)
@@ -187,8 +221,22 @@ def _col_stats_kernel(
         acc += d * d
     m2 = tl.sum(acc, axis=0)
     if FUSED:
-        _finalize_stats(cols, cmask, mean, m2, mean_ptr, scale_ptr, diag_ptr, loss_part_ptr, pid_c,
-                        inv_nprime, eps, loss_factor, CORR, DIAG_LOSS)
+        _finalize_stats(
+            cols,
+            cmask,
+            mean,
+            m2,
+            mean_ptr,
+            scale_ptr,
+            diag_ptr,
+            loss_part_ptr,
+            pid_c,
+            inv_nprime,
+            eps,
+            loss_factor,
+            CORR,
+            DIAG_LOSS,
+        )
     else:
         tl.store(pmean_ptr + split * D + cols, mean, mask=cmask)
         tl.store(pm2_ptr + split * D + cols, m2, mask=cmask)
@@ -196,9 +244,22 @@ def _col_stats_kernel(
 
 @triton.jit
 def _col_stats_combine_kernel(
-    pmean_ptr, pm2_ptr, mean_ptr, scale_ptr, diag_ptr, loss_part_ptr,
-    n, D, chunk, n_split, inv_nprime, eps, loss_factor,
-    CORR: tl.constexpr, DIAG_LOSS: tl.constexpr, BLOCK_C: tl.constexpr,
+    pmean_ptr,
+    pm2_ptr,
+    mean_ptr,
+    scale_ptr,
+    diag_ptr,
+    loss_part_ptr,
+    n,
+    D,
+    chunk,
+    n_split,
+    inv_nprime,
+    eps,
+    loss_factor,
+    CORR: tl.constexpr,
+    DIAG_LOSS: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Chan's parallel combination of the per-chunk (mean, M2) of every column."""
     pid_c = tl.program_id(0)
@@ -214,8 +275,22 @@ def _col_stats_combine_kernel(
         cnt = tl.minimum(chunk, n - s * chunk).to(tl.float32)
         d = tl.load(pmean_ptr + s * D + cols, mask=cmask, other=0.0) - mean
         m2 += tl.load(pm2_ptr + s * D + cols, mask=cmask, other=0.0) + cnt * d * d
-    _finalize_stats(cols, cmask, mean, m2, mean_ptr, scale_ptr, diag_ptr, loss_part_ptr, pid_c,
-                    inv_nprime, eps, loss_factor, CORR, DIAG_LOSS)
+    _finalize_stats(
+        cols,
+        cmask,
+        mean,
+        m2,
+        mean_ptr,
+        scale_ptr,
+        diag_ptr,
+        loss_part_ptr,
+        pid_c,
+        inv_nprime,
+        eps,
+        loss_factor,
+        CORR,
+        DIAG_LOSS,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,11 +298,32 @@ def _col_stats_combine_kernel(
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _gram_kernel(
-    x_ptr, mean_ptr, scale_ptr, out_ptr, rpart_ptr, kdiag_ptr, loss_part_ptr,
-    n, g, S, stride_n, stride_s, stride_c, T, chunk, inv_nprime, loss_factor,
-    ROUTE_N: tl.constexpr, CORR: tl.constexpr, ATOMIC: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, CAST_FP32: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_R: tl.constexpr, OFF64: tl.constexpr,
+    x_ptr,
+    mean_ptr,
+    scale_ptr,
+    out_ptr,
+    rpart_ptr,
+    kdiag_ptr,
+    loss_part_ptr,
+    n,
+    g,
+    S,
+    stride_n,
+    stride_s,
+    stride_c,
+    T,
+    chunk,
+    inv_nprime,
+    loss_factor,
+    ROUTE_N: tl.constexpr,
+    CORR: tl.constexpr,
+    ATOMIC: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     tile = tl.program_id(0)
     split = tl.program_id(1)
@@ -334,8 +430,17 @@ def _gram_kernel(
 
 @triton.jit
 def _gram_finish_kernel(
-    buf_ptr, rpart_ptr, kdiag_ptr, loss_part_ptr, L, loss_factor,
-    ROUTE_N: tl.constexpr, CORR: tl.constexpr, BLOCK: tl.constexpr, BLOCK_C: tl.constexpr, OFF64: tl.constexpr,
+    buf_ptr,
+    rpart_ptr,
+    kdiag_ptr,
+    loss_part_ptr,
+    L,
+    loss_factor,
+    ROUTE_N: tl.constexpr,
+    CORR: tl.constexpr,
+    BLOCK: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     """After split (atomic) accumulation: P partials, r or diag(K'), zero the diagonal in place."""
     pid = tl.program_id(0)
@@ -368,10 +473,35 @@ def _gram_finish_kernel(
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _grad_d_kernel(
-    x_ptr, grad_ptr, mean_ptr, scale_ptr, m_ptr, rpart_ptr, loss_part_ptr, n_parts, loss_ptr,
-    n, g, S, stride_n, stride_s, stride_c, gstride_n, gstride_s, gstride_c, R_PARTS, coef,
-    CORR: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, CAST_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_J: tl.constexpr, GROUP_M: tl.constexpr, OFF64: tl.constexpr,
+    x_ptr,
+    grad_ptr,
+    mean_ptr,
+    scale_ptr,
+    m_ptr,
+    rpart_ptr,
+    loss_part_ptr,
+    n_parts,
+    loss_ptr,
+    n,
+    g,
+    S,
+    stride_n,
+    stride_s,
+    stride_c,
+    gstride_n,
+    gstride_s,
+    gstride_c,
+    R_PARTS,
+    coef,
+    CORR: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_J: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     grp = tl.program_id(1)
     pid_m, pid_n = _swizzle(tl.program_id(0), tl.cdiv(n, BLOCK_M), tl.cdiv(g, BLOCK_N), GROUP_M)
@@ -423,9 +553,30 @@ def _grad_d_kernel(
 # 3b. route N: W = K' Z - Z diag(M) = Z Moff, r partials; then c * s * (W - Z r)
 # --------------------------------------------------------------------------------------------
 @triton.jit
-def _kz_tile(x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, coff, mf, mean_f, scale_f, dm,
-             DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, CAST_FP32: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_L: tl.constexpr, OFF64: tl.constexpr):
+def _kz_tile(
+    x_ptr,
+    k_ptr,
+    kdiag_ptr,
+    rows,
+    mr,
+    grp,
+    n,
+    S,
+    stride_n,
+    stride_s,
+    coff,
+    mf,
+    mean_f,
+    scale_f,
+    dm,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    OFF64: tl.constexpr,
+):
     """(W, Z) tiles [rows, features]: W = K' Z - Z diag(M) = Z Moff, with K' = Koff' + diag(K')."""
     kbase = k_ptr + _wide(grp, OFF64) * n * n
     acc = tl.zeros((BLOCK_M, BLOCK_F), tl.float32)
@@ -448,11 +599,40 @@ def _kz_tile(x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, c
 
 @triton.jit
 def _kz_kernel(
-    x_ptr, grad_ptr, mean_ptr, scale_ptr, diag_ptr, k_ptr, kdiag_ptr, rpart_ptr, loss_part_ptr, n_parts, loss_ptr,
-    n, g, D, S, stride_n, stride_s, stride_c, gstride_n, gstride_s, gstride_c, inv_nprime, coef,
-    CORR: tl.constexpr, ROW_LOOP: tl.constexpr, SUM_LOSS: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, CAST_FP32: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_L: tl.constexpr, GROUP_M: tl.constexpr, OFF64: tl.constexpr,
+    x_ptr,
+    grad_ptr,
+    mean_ptr,
+    scale_ptr,
+    diag_ptr,
+    k_ptr,
+    kdiag_ptr,
+    rpart_ptr,
+    loss_part_ptr,
+    n_parts,
+    loss_ptr,
+    n,
+    g,
+    D,
+    S,
+    stride_n,
+    stride_s,
+    stride_c,
+    gstride_n,
+    gstride_s,
+    gstride_c,
+    inv_nprime,
+    coef,
+    CORR: tl.constexpr,
+    ROW_LOOP: tl.constexpr,
+    SUM_LOSS: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+    CAST_FP32: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+    GROUP_M: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     """Route N gradient. ROW_LOOP: one program per feature tile walks every row tile, so r is
     complete inside the program and the gradient is final (no second kernel); otherwise one
@@ -476,8 +656,30 @@ def _kz_kernel(
         for m0 in range(0, n, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             mr = rows < n
-            w, zr = _kz_tile(x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, coff, mf,
-                             mean_f, scale_f, dm, DOT_DTYPE, PRECISION, CAST_FP32, BLOCK_M, BLOCK_F, BLOCK_L, OFF64)
+            w, zr = _kz_tile(
+                x_ptr,
+                k_ptr,
+                kdiag_ptr,
+                rows,
+                mr,
+                grp,
+                n,
+                S,
+                stride_n,
+                stride_s,
+                coff,
+                mf,
+                mean_f,
+                scale_f,
+                dm,
+                DOT_DTYPE,
+                PRECISION,
+                CAST_FP32,
+                BLOCK_M,
+                BLOCK_F,
+                BLOCK_L,
+                OFF64,
+            )
             gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[:, None] + gcoff
             if CORR:
                 tl.store(gptrs, w.to(grad_ptr.dtype.element_ty), mask=mr[:, None] & mf[None, :])
@@ -499,8 +701,30 @@ def _kz_kernel(
     else:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mr = rows < n
-        w, zr = _kz_tile(x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, coff, mf,
-                         mean_f, scale_f, dm, DOT_DTYPE, PRECISION, CAST_FP32, BLOCK_M, BLOCK_F, BLOCK_L, OFF64)
+        w, zr = _kz_tile(
+            x_ptr,
+            k_ptr,
+            kdiag_ptr,
+            rows,
+            mr,
+            grp,
+            n,
+            S,
+            stride_n,
+            stride_s,
+            coff,
+            mf,
+            mean_f,
+            scale_f,
+            dm,
+            DOT_DTYPE,
+            PRECISION,
+            CAST_FP32,
+            BLOCK_M,
+            BLOCK_F,
+            BLOCK_L,
+            OFF64,
+        )
         gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[:, None] + gcoff
         mask = mr[:, None] & mf[None, :]
         if CORR:
@@ -515,9 +739,28 @@ def _kz_kernel(
 
 @triton.jit
 def _finish_n_kernel(
-    x_ptr, grad_ptr, mean_ptr, scale_ptr, rpart_ptr, loss_part_ptr, n_parts, loss_ptr,
-    n, D, S, stride_n, stride_s, stride_c, gstride_n, gstride_s, gstride_c, R_PARTS, coef,
-    BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, OFF64: tl.constexpr,
+    x_ptr,
+    grad_ptr,
+    mean_ptr,
+    scale_ptr,
+    rpart_ptr,
+    loss_part_ptr,
+    n_parts,
+    loss_ptr,
+    n,
+    D,
+    S,
+    stride_n,
+    stride_s,
+    stride_c,
+    gstride_n,
+    gstride_s,
+    gstride_c,
+    R_PARTS,
+    coef,
+    BLOCK_M: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    OFF64: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -528,7 +771,9 @@ def _finish_n_kernel(
         r += tl.load(rpart_ptr + t * D + cols, mask=mc, other=0.0)
     mean = tl.load(mean_ptr + cols, mask=mc, other=0.0)
     scale = tl.load(scale_ptr + cols, mask=mc, other=0.0)
-    z = _z_tile(x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, _wide(cols, OFF64) * stride_c, mc, mean, scale)
+    z = _z_tile(
+        x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, _wide(cols, OFF64) * stride_c, mc, mean, scale
+    )
     goff = _row_offsets(rows, S, gstride_n, gstride_s, OFF64)
     gptrs = grad_ptr + goff[:, None] + (_wide(cols, OFF64) * gstride_c)[None, :]
     mask = mr[:, None] & mc[None, :]
@@ -574,7 +819,9 @@ def _split(total: int, tiles: int, block: int, target: int, min_len: int) -> tup
     return chunk, triton.cdiv(total, chunk)
 
 
-def select_config(n: int, g: int, groups: int, dtype: torch.dtype, device: torch.device, interpret: bool = INTERPRET) -> dict:
+def select_config(
+    n: int, g: int, groups: int, dtype: torch.dtype, device: torch.device, interpret: bool = INTERPRET
+) -> dict:
     """Tile sizes, warps, stages and split policy for one problem.
 
     Keys: ``stats_block_k/_c`` (rows x columns of the statistics tiles), ``gram_block`` (Gram
@@ -594,9 +841,24 @@ def select_config(n: int, g: int, groups: int, dtype: torch.dtype, device: torch
     half = dtype != torch.float32
     sms = _sm_count(device)
     if interpret:
-        cfg = dict(stats_block_k=32, stats_block_c=32, gram_block=32, gram_block_r=32, gram_warps=4,
-                   grad_block_m=32, grad_block_n=32, grad_block_j=32, grad_warps=4, fin_block=32, num_stages=1,
-                   group_m=4, stats_min_chunk=64, gram_min_chunk=64, target_programs=4, min_split_work=0)
+        cfg = dict(
+            stats_block_k=32,
+            stats_block_c=32,
+            gram_block=32,
+            gram_block_r=32,
+            gram_warps=4,
+            grad_block_m=32,
+            grad_block_n=32,
+            grad_block_j=32,
+            grad_warps=4,
+            fin_block=32,
+            num_stages=1,
+            group_m=4,
+            stats_min_chunk=64,
+            gram_min_chunk=64,
+            target_programs=4,
+            min_split_work=0,
+        )
     else:
         # Chosen so that no dot loop spills registers on sm_90 (ptxas, 2-D row-major input).
         L = n if route_n else g
@@ -606,15 +868,28 @@ def select_config(n: int, g: int, groups: int, dtype: torch.dtype, device: torch
         else:
             gbr = 32 if half else (16 if gb == 128 else 32)
         cfg = dict(
-            stats_block_k=64, stats_block_c=64, gram_block=gb, gram_block_r=gbr, gram_warps=8 if gb == 128 else 4,
-            fin_block=64, num_stages=3, group_m=8, grad_warps=8,
-            stats_min_chunk=512, gram_min_chunk=256, target_programs=2 * sms, min_split_work=1 << 26,
+            stats_block_k=64,
+            stats_block_c=64,
+            gram_block=gb,
+            gram_block_r=gbr,
+            gram_warps=8 if gb == 128 else 4,
+            fin_block=64,
+            num_stages=3,
+            group_m=8,
+            grad_warps=8,
+            stats_min_chunk=512,
+            gram_min_chunk=256,
+            target_programs=2 * sms,
+            min_split_work=1 << 26,
         )
         if route_n:  # K' Z: 64 sample rows x 128 features per program
             cfg.update(grad_block_m=64, grad_block_n=128 if g >= 128 else 64, grad_block_j=64 if half else 32)
         else:  # Z Moff: 128 x 128 output tiles
-            cfg.update(grad_block_m=128 if n >= 128 else 64, grad_block_n=128 if g >= 128 else 64,
-                       grad_block_j=32 if half else 16)
+            cfg.update(
+                grad_block_m=128 if n >= 128 else 64,
+                grad_block_n=128 if g >= 128 else 64,
+                grad_block_j=32 if half else 16,
+            )
     bn = cfg["grad_block_n"]
     cfg["kz_row_loop"] = route_n and (n <= 256 or triton.cdiv(g, bn) * groups >= sms)
     return cfg
@@ -714,7 +989,9 @@ def decorrelation_forward_backward(
         s_chunk = triton.cdiv(triton.cdiv(n, cfg["stats_split"]), cfg["stats_block_k"]) * cfg["stats_block_k"]
         s_split = triton.cdiv(n, s_chunk)
     else:
-        s_chunk, s_split = _split(n, triton.cdiv(D, sbc), cfg["stats_block_k"], cfg["target_programs"], cfg["stats_min_chunk"])
+        s_chunk, s_split = _split(
+            n, triton.cdiv(D, sbc), cfg["stats_block_k"], cfg["target_programs"], cfg["stats_min_chunk"]
+        )
     off64 = off64 or s_split * D >= 2**31 - 1
     fused = s_split == 1
     if fused:
@@ -723,16 +1000,50 @@ def decorrelation_forward_backward(
         pmean = torch.empty(s_split, D, **f32)
         pm2 = torch.empty(s_split, D, **f32)
     _col_stats_kernel[(triton.cdiv(D, sbc), s_split)](
-        x, pmean, pm2, mean, scale, diag, loss_parts,
-        n, D, S, sn, ss, sc, s_chunk, inv_nprime, eps, loss_factor,
-        CORR=correlation, FUSED=fused, DIAG_LOSS=route_n,
-        BLOCK_K=cfg["stats_block_k"], BLOCK_C=sbc, OFF64=off64, num_warps=4,
+        x,
+        pmean,
+        pm2,
+        mean,
+        scale,
+        diag,
+        loss_parts,
+        n,
+        D,
+        S,
+        sn,
+        ss,
+        sc,
+        s_chunk,
+        inv_nprime,
+        eps,
+        loss_factor,
+        CORR=correlation,
+        FUSED=fused,
+        DIAG_LOSS=route_n,
+        BLOCK_K=cfg["stats_block_k"],
+        BLOCK_C=sbc,
+        OFF64=off64,
+        num_warps=4,
     )
     if not fused:
         _col_stats_combine_kernel[(triton.cdiv(D, sbc),)](
-            pmean, pm2, mean, scale, diag, loss_parts,
-            n, D, s_chunk, s_split, inv_nprime, eps, loss_factor,
-            CORR=correlation, DIAG_LOSS=route_n, BLOCK_C=sbc, num_warps=4,
+            pmean,
+            pm2,
+            mean,
+            scale,
+            diag,
+            loss_parts,
+            n,
+            D,
+            s_chunk,
+            s_split,
+            inv_nprime,
+            eps,
+            loss_factor,
+            CORR=correlation,
+            DIAG_LOSS=route_n,
+            BLOCK_C=sbc,
+            num_warps=4,
         )
 
     # ---- 2. Gram matrix (+ P partials, r / diag(K'))
@@ -750,15 +1061,47 @@ def decorrelation_forward_backward(
         r_parts = (1 if atomic else T) if correlation else 0
         rpart = torch.empty(G, r_parts, g, **f32) if correlation else mean
     _gram_kernel[(n_tri, n_split, G)](
-        x, mean, scale, gram, rpart, kdiag, gram_parts,
-        n, g, S, sn, ss, sc, T, chunk, inv_nprime, loss_factor,
-        ROUTE_N=route_n, CORR=correlation, ATOMIC=atomic, **dots,
-        BLOCK=gb, BLOCK_R=cfg["gram_block_r"], OFF64=off64, num_warps=cfg["gram_warps"], num_stages=ns,
+        x,
+        mean,
+        scale,
+        gram,
+        rpart,
+        kdiag,
+        gram_parts,
+        n,
+        g,
+        S,
+        sn,
+        ss,
+        sc,
+        T,
+        chunk,
+        inv_nprime,
+        loss_factor,
+        ROUTE_N=route_n,
+        CORR=correlation,
+        ATOMIC=atomic,
+        **dots,
+        BLOCK=gb,
+        BLOCK_R=cfg["gram_block_r"],
+        OFF64=off64,
+        num_warps=cfg["gram_warps"],
+        num_stages=ns,
     )
     if atomic:
         _gram_finish_kernel[(triton.cdiv(L, fin_block), G)](
-            gram, rpart, kdiag, gram_parts, L, loss_factor,
-            ROUTE_N=route_n, CORR=correlation, BLOCK=fin_block, BLOCK_C=fin_block, OFF64=off64, num_warps=4,
+            gram,
+            rpart,
+            kdiag,
+            gram_parts,
+            L,
+            loss_factor,
+            ROUTE_N=route_n,
+            CORR=correlation,
+            BLOCK=fin_block,
+            BLOCK_C=fin_block,
+            OFF64=off64,
+            num_warps=4,
         )
     if grad is None:
         return loss_parts.sum()
@@ -769,11 +1112,35 @@ def decorrelation_forward_backward(
     if not route_n:
         grid = (triton.cdiv(n, bm) * triton.cdiv(g, bn), G)
         _grad_d_kernel[grid](
-            x, grad, mean, scale, gram, rpart, loss_parts, n_parts, loss,
-            n, g, S, sn, ss, sc, gsn, gss, gsc, r_parts, coef,
-            CORR=correlation, **dots,
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_J=cfg["grad_block_j"], GROUP_M=cfg["group_m"], OFF64=off64,
-            num_warps=cfg["grad_warps"], num_stages=ns,
+            x,
+            grad,
+            mean,
+            scale,
+            gram,
+            rpart,
+            loss_parts,
+            n_parts,
+            loss,
+            n,
+            g,
+            S,
+            sn,
+            ss,
+            sc,
+            gsn,
+            gss,
+            gsc,
+            r_parts,
+            coef,
+            CORR=correlation,
+            **dots,
+            BLOCK_M=bm,
+            BLOCK_N=bn,
+            BLOCK_J=cfg["grad_block_j"],
+            GROUP_M=cfg["group_m"],
+            OFF64=off64,
+            num_warps=cfg["grad_warps"],
+            num_stages=ns,
         )
         return loss
     row_loop = bool(cfg["kz_row_loop"])
@@ -782,16 +1149,65 @@ def decorrelation_forward_backward(
     rpart_n = torch.empty(tm, D, **f32) if two_pass else mean
     grid = (triton.cdiv(g, bn) if row_loop else tm * triton.cdiv(g, bn), G)
     _kz_kernel[grid](
-        x, grad, mean, scale, diag, gram, kdiag, rpart_n, loss_parts, n_parts, loss,
-        n, g, D, S, sn, ss, sc, gsn, gss, gsc, inv_nprime, coef,
-        CORR=correlation, ROW_LOOP=row_loop, SUM_LOSS=not two_pass, **dots,
-        BLOCK_M=bm, BLOCK_F=bn, BLOCK_L=cfg["grad_block_j"], GROUP_M=cfg["group_m"], OFF64=off64,
-        num_warps=cfg["grad_warps"], num_stages=ns,
+        x,
+        grad,
+        mean,
+        scale,
+        diag,
+        gram,
+        kdiag,
+        rpart_n,
+        loss_parts,
+        n_parts,
+        loss,
+        n,
+        g,
+        D,
+        S,
+        sn,
+        ss,
+        sc,
+        gsn,
+        gss,
+        gsc,
+        inv_nprime,
+        coef,
+        CORR=correlation,
+        ROW_LOOP=row_loop,
+        SUM_LOSS=not two_pass,
+        **dots,
+        BLOCK_M=bm,
+        BLOCK_F=bn,
+        BLOCK_L=cfg["grad_block_j"],
+        GROUP_M=cfg["group_m"],
+        OFF64=off64,
+        num_warps=cfg["grad_warps"],
+        num_stages=ns,
     )
     if two_pass:
         _finish_n_kernel[(triton.cdiv(n, fin_block), triton.cdiv(D, fin_block))](
-            x, grad, mean, scale, rpart_n, loss_parts, n_parts, loss,
-            n, D, S, sn, ss, sc, gsn, gss, gsc, tm, coef,
-            BLOCK_M=fin_block, BLOCK_C=fin_block, OFF64=off64, num_warps=4,
+            x,
+            grad,
+            mean,
+            scale,
+            rpart_n,
+            loss_parts,
+            n_parts,
+            loss,
+            n,
+            D,
+            S,
+            sn,
+            ss,
+            sc,
+            gsn,
+            gss,
+            gsc,
+            tm,
+            coef,
+            BLOCK_M=fin_block,
+            BLOCK_C=fin_block,
+            OFF64=off64,
+            num_warps=4,
         )
     return loss

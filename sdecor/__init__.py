@@ -13,6 +13,7 @@ Top level: the two ops (:func:`decorrelation_loss`, :class:`DecorrelationLoss`,
 * ``sdecor.ssl``        MoCo v2 recipe with decorrelation / IterNorm
 * ``sdecor.benchmarks`` the benchmark suites and table runner
 """
+
 import importlib
 
 from .ops import DecorrelationLoss, decorrelation_loss, mask_features

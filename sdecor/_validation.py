@@ -3,9 +3,10 @@
 Each helper raises ``TypeError`` (wrong kind of object or dtype) or ``ValueError`` (wrong value,
 shape, device) with a message that names the argument and says what was expected.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

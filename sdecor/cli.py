@@ -5,6 +5,7 @@ Each sub-command lives in :mod:`sdecor.commands` as a module with ``HELP`` (one 
 one-line message (argparse's convention); a ``ValueError``/``TypeError`` raised by a command is
 printed as ``sdecor <command>: error: ...`` with status 2 instead of a traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,9 @@ COMMANDS = ("compare", "explain", "bench", "ssl")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdecor", description="SaliencyDecor training, saliency evaluation and kernel benchmarks.")
+    parser = argparse.ArgumentParser(
+        prog="sdecor", description="SaliencyDecor training, saliency evaluation and kernel benchmarks."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:

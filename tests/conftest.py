@@ -3,6 +3,7 @@
 Without CUDA, the Triton kernels run under the interpreter: TRITON_INTERPRET=1 must be set
 before triton is first imported, which is why it happens here, at collection time.
 """
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 """The benchmark runner: ratios, error capture, JSON and Markdown output."""
+
 import json
 import sys
 import time
@@ -19,7 +20,13 @@ def _fake_suite(device, quick):
         raise RuntimeError("kernel exploded\nsecond line")
 
     return [
-        Group(suite="fake", params={"n": 64, "quick": quick}, impls=[slow, fast, Impl("broken", broken)], baseline="slow", skipped={"gpu": "needs CUDA"})
+        Group(
+            suite="fake",
+            params={"n": 64, "quick": quick},
+            impls=[slow, fast, Impl("broken", broken)],
+            baseline="slow",
+            skipped={"gpu": "needs CUDA"},
+        )
     ]
 
 
@@ -35,6 +42,7 @@ def test_measure_interleaved_alternates_and_reports_failures():
         def fn():
             calls.append(name)
             time.sleep(seconds)
+
         return fn
 
     state = {"n": 0}
@@ -47,8 +55,12 @@ def test_measure_interleaved_alternates_and_reports_failures():
     def broken():
         raise ValueError("at once")
 
-    out = measure_interleaved({"a": make("a", 0.002), "b": make("b", 0.0), "flaky": flaky, "broken": broken},
-                              torch.device("cpu"), min_time_s=0.0, min_rounds=6)
+    out = measure_interleaved(
+        {"a": make("a", 0.002), "b": make("b", 0.0), "flaky": flaky, "broken": broken},
+        torch.device("cpu"),
+        min_time_s=0.0,
+        min_rounds=6,
+    )
     assert list(out) == ["a", "b", "flaky", "broken"]
     assert isinstance(out["a"], Measurement) and isinstance(out["b"], Measurement)
     assert out["a"].iters == out["b"].iters == 6
@@ -74,7 +86,10 @@ def test_runner_writes_tables_with_ratios(tmp_path, monkeypatch, capsys):
     assert impls["broken"]["error"] == "RuntimeError: kernel exploded"
     md = (tmp_path / "cpu-quick.md").read_text()
     assert "| n | quick | impl | ms | speed-up vs baseline | peak MB |" in md
-    assert "| 64 | True | **slow** (baseline) |" in md and "| 64 | True | broken | error (RuntimeError: kernel exploded) |" in md
+    assert (
+        "| 64 | True | **slow** (baseline) |" in md
+        and "| 64 | True | broken | error (RuntimeError: kernel exploded) |" in md
+    )
     assert "skipped" in md and "needs CUDA" in md
     assert "## fake" in capsys.readouterr().out
 
@@ -88,10 +103,19 @@ def test_unknown_suite_is_rejected():
 
 def test_runner_reports_time_over_the_floor(tmp_path, monkeypatch):
     def suite(device, quick):
-        return [Group(suite="floored", params={"n": 1},
-                      impls=[Impl("ours", lambda: time.sleep(0.003)), Impl("bare", lambda: time.sleep(0.002)),
-                             Impl("theirs", lambda: time.sleep(0.006))],
-                      baseline="theirs", floor="bare")]
+        return [
+            Group(
+                suite="floored",
+                params={"n": 1},
+                impls=[
+                    Impl("ours", lambda: time.sleep(0.003)),
+                    Impl("bare", lambda: time.sleep(0.002)),
+                    Impl("theirs", lambda: time.sleep(0.006)),
+                ],
+                baseline="theirs",
+                floor="bare",
+            )
+        ]
 
     module = types.ModuleType("sdecor.benchmarks.floored")
     module.run = suite

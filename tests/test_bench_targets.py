@@ -1,4 +1,5 @@
 """Issue 7's target checker (sdecor.benchmarks.targets) on synthetic results JSONs."""
+
 import copy
 import json
 
@@ -17,8 +18,13 @@ def _decor(n, d, dtype, triton=0.1, reference=1.0, compiled=0.3, floor=None, pea
     impls = {"triton": _impl(triton, peak), "reference": _impl(reference, 50.0), "compiled": _impl(compiled, 20.0)}
     if floor is not None:
         impls["matmul_floor"] = _impl(floor, 10.0)
-    return {"suite": "decorrelation", "params": {"N": n, "D": d, "dtype": dtype, "route": "D" if n >= d else "N"},
-            "baseline": "reference", "impls": impls, "skipped": {}}
+    return {
+        "suite": "decorrelation",
+        "params": {"N": n, "D": d, "dtype": dtype, "route": "D" if n >= d else "N"},
+        "baseline": "reference",
+        "impls": impls,
+        "skipped": {},
+    }
 
 
 def passing(device=GPU) -> dict:
@@ -26,19 +32,68 @@ def passing(device=GPU) -> dict:
     results = []
     for n, d in targets.T1_SIZES:
         for dtype in targets.DTYPES:
-            results.append(_decor(n, d, dtype, triton=0.1, reference=1.0, compiled=0.3, peak=0.5 * targets._bound_mb(n, d, dtype)))
+            results.append(
+                _decor(n, d, dtype, triton=0.1, reference=1.0, compiled=0.3, peak=0.5 * targets._bound_mb(n, d, dtype))
+            )
     for n, d in targets.T2_SIZES:
         for dtype in targets.DTYPES:
-            results.append(_decor(n, d, dtype, triton=1.2, reference=9.0, compiled=5.0, floor=1.0, peak=0.9 * targets._bound_mb(n, d, dtype)))
-    results.append({"suite": "masking", "params": {**targets.T4_SETTING, "backend": "cuda", "MB moved": 372.2}, "baseline": "topk_scatter",
-                    "impls": {"ours": _impl(0.2), "topk_scatter": _impl(3.0), "reference": _impl(4.0), "sgt_loop": _impl(40.0),
-                              "copy_floor": _impl(0.15)}, "skipped": {}})
-    results.append({"suite": "train", "params": {"model": "resnet20", "image": "3x32x32", "B": 256, "amp": "bf16"}, "baseline": "standard",
-                    "impls": {"standard": _impl(10.0), "saliencydecor": _impl(22.0), "part:saliency": _impl(6.0),
-                              "part:mask_features": _impl(0.5), "part:decorrelation": _impl(0.3)}, "skipped": {}})
-    return {"environment": {"device": device, "device_name": "NVIDIA H100 80GB HBM3", "torch": "2.11", "triton": "3.6", "cuda": "13.0",
-                            "python": "3.12", "cpu_threads": 16, "command": "test", "date": "today"},
-            "quick": False, "results": results}
+            results.append(
+                _decor(
+                    n,
+                    d,
+                    dtype,
+                    triton=1.2,
+                    reference=9.0,
+                    compiled=5.0,
+                    floor=1.0,
+                    peak=0.9 * targets._bound_mb(n, d, dtype),
+                )
+            )
+    results.append(
+        {
+            "suite": "masking",
+            "params": {**targets.T4_SETTING, "backend": "cuda", "MB moved": 372.2},
+            "baseline": "topk_scatter",
+            "impls": {
+                "ours": _impl(0.2),
+                "topk_scatter": _impl(3.0),
+                "reference": _impl(4.0),
+                "sgt_loop": _impl(40.0),
+                "copy_floor": _impl(0.15),
+            },
+            "skipped": {},
+        }
+    )
+    results.append(
+        {
+            "suite": "train",
+            "params": {"model": "resnet20", "image": "3x32x32", "B": 256, "amp": "bf16"},
+            "baseline": "standard",
+            "impls": {
+                "standard": _impl(10.0),
+                "saliencydecor": _impl(22.0),
+                "part:saliency": _impl(6.0),
+                "part:mask_features": _impl(0.5),
+                "part:decorrelation": _impl(0.3),
+            },
+            "skipped": {},
+        }
+    )
+    return {
+        "environment": {
+            "device": device,
+            "device_name": "NVIDIA H100 80GB HBM3",
+            "torch": "2.11",
+            "triton": "3.6",
+            "cuda": "13.0",
+            "python": "3.12",
+            "cpu_threads": 16,
+            "command": "test",
+            "date": "today",
+        },
+        "quick": False,
+        "results": results,
+    }
 
 
 def _rows(data, target):
@@ -51,7 +106,9 @@ def _record(data, suite, **params):
 
 def test_all_targets_pass():
     rows = targets.evaluate(passing())
-    assert rows and all(r.status == "PASS" for r in rows), [(r.target, r.check, r.setting, r.note) for r in rows if r.status != "PASS"]
+    assert rows and all(r.status == "PASS" for r in rows), [
+        (r.target, r.check, r.setting, r.note) for r in rows if r.status != "PASS"
+    ]
     assert targets.summary(rows) == {t: "PASS" for t in targets.TARGETS}
     assert {r.target for r in rows} == set(targets.TARGETS)
     # 4 settings x 2 checks; 4 settings; 8 sizes + the all-sizes row; 2; 2
@@ -65,7 +122,9 @@ def test_all_targets_pass():
 
 def test_each_target_fails_with_what_would_pass():
     data = passing()
-    _record(data, "decorrelation", N=256, D=512, dtype="bf16")["impls"]["triton"]["median_ms"] = 0.25  # 4x ref, 1.2x compiled
+    _record(data, "decorrelation", N=256, D=512, dtype="bf16")["impls"]["triton"]["median_ms"] = (
+        0.25  # 4x ref, 1.2x compiled
+    )
     _record(data, "decorrelation", N=8192, D=4096, dtype="fp32")["impls"]["triton"]["median_ms"] = 1.5  # 1.5x floor
     rec3 = _record(data, "decorrelation", N=256, D=8192, dtype="bf16")
     rec3["impls"]["triton"]["peak_mb"] = 2 * targets._bound_mb(256, 8192, "bf16")
@@ -82,12 +141,22 @@ def test_each_target_fails_with_what_would_pass():
         (4, "ours GB/s vs copy_floor GB/s (bytes that must move)", "B=256 3x224x224 pixel k=50%"),
         (5, "saliencydecor step vs cross-entropy step", "resnet20 B=256 3x32x32 amp=bf16"),
     }
-    assert fails[(1, "triton vs eager reference", "N=256 D=512 bf16")].note.startswith("triton must reach 0.200 ms (1.25x faster")
-    assert "triton must reach 1.300 ms" in fails[(2, "triton vs cuBLAS matmuls (D x D route)", "N=8192 D=4096 fp32")].note
+    assert fails[(1, "triton vs eager reference", "N=256 D=512 bf16")].note.startswith(
+        "triton must reach 0.200 ms (1.25x faster"
+    )
+    assert (
+        "triton must reach 1.300 ms" in fails[(2, "triton vs cuBLAS matmuls (D x D route)", "N=8192 D=4096 fp32")].note
+    )
     assert "2.00x it" in fails[(3, "triton peak vs N*D + min(N,D)^2 elements", "N=256 D=8192 bf16")].note
     assert "7 of 8 within" == fails[(3, "triton peak within the bound, every measured size", "all sizes")].measured
-    assert "ours must reach 0.300 ms" in fails[(4, "ours GB/s vs copy_floor GB/s (bytes that must move)", "B=256 3x224x224 pixel k=50%")].note
-    assert "must reach 25.000 ms" in fails[(5, "saliencydecor step vs cross-entropy step", "resnet20 B=256 3x32x32 amp=bf16")].note
+    assert (
+        "ours must reach 0.300 ms"
+        in fails[(4, "ours GB/s vs copy_floor GB/s (bytes that must move)", "B=256 3x224x224 pixel k=50%")].note
+    )
+    assert (
+        "must reach 25.000 ms"
+        in fails[(5, "saliencydecor step vs cross-entropy step", "resnet20 B=256 3x32x32 amp=bf16")].note
+    )
     assert targets.summary(rows) == {1: "FAIL", 2: "FAIL", 3: "FAIL", 4: "FAIL", 5: "FAIL"}
     text = targets.format_targets(data, rows)
     assert "## Missed: what would pass" in text and "| **FAIL** |" in text
@@ -109,9 +178,15 @@ def test_missing_records_skips_and_errors_are_not_run():
     _record(data, "decorrelation", N=256, D=8192, dtype="fp32")["impls"]["matmul_floor"] = {"error": "out of memory"}
     rows = targets.evaluate(data)
     by = {(r.target, r.setting): r for r in rows}
-    assert by[(1, "N=256 D=2048 fp32")].status == "NOT RUN" and "triton skipped: no triton" in by[(1, "N=256 D=2048 fp32")].note
+    assert (
+        by[(1, "N=256 D=2048 fp32")].status == "NOT RUN"
+        and "triton skipped: no triton" in by[(1, "N=256 D=2048 fp32")].note
+    )
     assert by[(3, "N=256 D=2048 fp32")].status == "NOT RUN"
-    assert by[(2, "N=256 D=8192 fp32")].status == "NOT RUN" and "matmul_floor failed: out of memory" in by[(2, "N=256 D=8192 fp32")].note
+    assert (
+        by[(2, "N=256 D=8192 fp32")].status == "NOT RUN"
+        and "matmul_floor failed: out of memory" in by[(2, "N=256 D=8192 fp32")].note
+    )
     assert all(r.status == "NOT RUN" and r.note == "setting not in the results" for r in rows if r.target in (4, 5))
     summary = targets.summary(rows)
     assert summary[4] == summary[5] == "NOT RUN" and summary[1] == "NOT RUN" and summary[3] == "NOT RUN"
@@ -165,7 +240,9 @@ def test_merge_later_records_replace_earlier_ones(tmp_path):
     b["environment"]["command"] = "second"
     b["results"] = [copy.deepcopy(_record(b, "train", B=256))]
     b["results"][0]["impls"]["standard"]["median_ms"] = 99.0
-    b["results"].append({"suite": "metrics", "params": {"x": 1}, "baseline": "q", "impls": {"q": _impl(1.0)}, "skipped": {}})
+    b["results"].append(
+        {"suite": "metrics", "params": {"x": 1}, "baseline": "q", "impls": {"q": _impl(1.0)}, "skipped": {}}
+    )
     merged = targets.merge([a, b])
     assert len(merged["results"]) == len(a["results"]) + 1
     assert [r["suite"] for r in merged["results"]][-2:] == ["train", "metrics"]  # replaced in place, new one appended
@@ -192,7 +269,9 @@ def test_cli_checks_merges_and_writes_the_table(tmp_path, capsys):
     assert targets.main([str(pb)]) == 0  # a missed target is a finding, not an error
     assert targets.main([str(pb), "--strict"]) == 1
     assert "| 5. SaliencyDecor training step | FAIL |" in capsys.readouterr().out
-    assert targets.main([str(pb), str(pg), "--merge", str(tmp_path / "both.json"), "--strict"]) == 0  # good's records win
+    assert (
+        targets.main([str(pb), str(pg), "--merge", str(tmp_path / "both.json"), "--strict"]) == 0
+    )  # good's records win
     assert (tmp_path / "both-targets.md").is_file() and (tmp_path / "both.md").is_file()
     with pytest.raises(SystemExit):
         targets.main([str(pg), str(pb)])  # several files need --merge

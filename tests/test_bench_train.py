@@ -1,4 +1,5 @@
 """The ``train`` benchmark suite: one quick CPU run through the runner, and the targets check on it."""
+
 import json
 
 import pytest
@@ -25,8 +26,14 @@ def test_quick_run_times_every_implementation(quick_run):
     data = json.loads(quick_run.read_text())
     (record,) = data["results"]
     assert record["suite"] == "train" and record["baseline"] == "standard" and not record["skipped"]
-    assert record["params"] == {"model": "resnet20", "image": "3x32x32", "B": train.QUICK_BATCH, "amp": "off",
-                                "features": f"{train.QUICK_BATCH}x64 fp32", "saliency": "1x32x32"}
+    assert record["params"] == {
+        "model": "resnet20",
+        "image": "3x32x32",
+        "B": train.QUICK_BATCH,
+        "amp": "off",
+        "features": f"{train.QUICK_BATCH}x64 fp32",
+        "saliency": "1x32x32",
+    }
     impls = record["impls"]
     assert list(impls) == NAMES
     ms = {name: r["median_ms"] for name, r in impls.items()}  # a KeyError here would mean an error entry

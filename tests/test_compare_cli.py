@@ -1,4 +1,5 @@
 """``sdecor compare`` end to end (as a subprocess) and its argument errors."""
+
 import json
 import os
 import subprocess
@@ -10,14 +11,31 @@ import torch
 from sdecor.cli import main
 from sdecor.experiments.runner import METHODS, METRICS, format_table, summarize
 
-TINY = ["--epochs", "1", "--seeds", "1", "--n-train", "64", "--n-test", "32", "--n-eval", "16", "--width", "4",
-        "--batch-size", "32", "--threads", "2"]
+TINY = [
+    "--epochs",
+    "1",
+    "--seeds",
+    "1",
+    "--n-train",
+    "64",
+    "--n-test",
+    "32",
+    "--n-eval",
+    "16",
+    "--width",
+    "4",
+    "--batch-size",
+    "32",
+    "--threads",
+    "2",
+]
 
 
 def _cli(*args, timeout=600):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-m", "sdecor.cli", "compare", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "sdecor.cli", "compare", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_compare_one_epoch_end_to_end(tmp_path):
@@ -45,8 +63,19 @@ def test_compare_one_epoch_end_to_end(tmp_path):
 
 
 def test_compare_options_reach_the_objective(tmp_path):
-    proc = _cli(*TINY, "--methods", "saliencydecor", "--set", "saliencydecor.lambda_decor=0.5",
-                "--set", 'saliencydecor.masked_bn="joint"', "--no-figures", "--quiet", "--out", str(tmp_path))
+    proc = _cli(
+        *TINY,
+        "--methods",
+        "saliencydecor",
+        "--set",
+        "saliencydecor.lambda_decor=0.5",
+        "--set",
+        'saliencydecor.masked_bn="joint"',
+        "--no-figures",
+        "--quiet",
+        "--out",
+        str(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["runs"][0]["options"] == {"lambda_decor": 0.5, "masked_bn": "joint"}
@@ -97,7 +126,9 @@ def test_out_must_be_a_folder(tmp_path, capsys):
 
 
 def test_bad_dataset_path_in_a_subprocess(tmp_path):
-    proc = _cli("--dataset", str(tmp_path / "missing"), "--epochs", "1", "--seeds", "1", "--quiet", "--out", str(tmp_path / "o"))
+    proc = _cli(
+        "--dataset", str(tmp_path / "missing"), "--epochs", "1", "--seeds", "1", "--quiet", "--out", str(tmp_path / "o")
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert "sdecor compare: error:" in proc.stderr
@@ -122,10 +153,37 @@ def test_compare_under_torchrun_two_ranks(tmp_path):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "sdecor.cli", "compare",
-         "--epochs", "1", "--seeds", "1", "--n-train", "96", "--n-test", "48", "--n-eval", "16",
-         "--methods", "standard,saliencydecor", "--out", str(out), "--threads", "1", "--no-figures", "--quiet"],
-        capture_output=True, text=True, timeout=240, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "-m",
+            "sdecor.cli",
+            "compare",
+            "--epochs",
+            "1",
+            "--seeds",
+            "1",
+            "--n-train",
+            "96",
+            "--n-test",
+            "48",
+            "--n-eval",
+            "16",
+            "--methods",
+            "standard,saliencydecor",
+            "--out",
+            str(out),
+            "--threads",
+            "1",
+            "--no-figures",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("wrote ") == 1

@@ -1,4 +1,5 @@
 """sdecor.data: digits-in-clutter and the loaders."""
+
 import os
 import time
 

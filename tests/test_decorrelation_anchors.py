@@ -3,6 +3,7 @@
 Each is written here the way its paper or official code writes it, and compared with the
 ``decorrelation_loss`` call the README gives for it.
 """
+
 import torch
 
 import sdecor

@@ -1,5 +1,6 @@
 """The pure-torch reference of the decorrelation penalty against an independent NumPy closed
 form, both routes against each other, float64 gradcheck, the public API's validation."""
+
 import numpy as np
 import pytest
 import torch
@@ -16,14 +17,14 @@ def numpy_penalty(x: np.ndarray, mode: str, reduction: str, correction: int, gro
     g = d // groups
     total = 0.0
     for b in range(groups):
-        block = x[:, b * g:(b + 1) * g].astype(np.float64)
+        block = x[:, b * g : (b + 1) * g].astype(np.float64)
         centred = block - block.mean(axis=0)
         cov = centred.T @ centred / (n - correction)
         if mode == "correlation":
             scale = 1.0 / np.sqrt(np.diag(cov) + eps)
             cov = cov * scale[:, None] * scale[None, :]
         off = cov - np.diag(np.diag(cov))
-        total += float((off ** 2).sum())
+        total += float((off**2).sum())
     if reduction == "mean":
         total /= groups * g * (g - 1)
     return total
@@ -31,12 +32,12 @@ def numpy_penalty(x: np.ndarray, mode: str, reduction: str, correction: int, gro
 
 CASES = [
     # (shape, groups)
-    ((37, 5), 1),      # n > D
-    ((6, 23), 1),      # n < D: Gram route
-    ((19, 12), 3),     # groups, n > g
+    ((37, 5), 1),  # n > D
+    ((6, 23), 1),  # n < D: Gram route
+    ((19, 12), 3),  # groups, n > g
     ((3, 2, 5, 7), 1),  # 4-D: 70 samples of 2 features
     ((2, 9, 3, 1), 3),  # 4-D, n = 6 < g? g = 3: route D; groups over channels
-    ((4, 40), 4),      # n < g = 10: Gram route with groups
+    ((4, 40), 4),  # n < g = 10: Gram route with groups
 ]
 
 
@@ -47,7 +48,9 @@ CASES = [
 def test_reference_matches_numpy_closed_form(shape, groups, mode, reduction, correction):
     gen = torch.Generator().manual_seed(hash((shape, groups)) % 2**31)
     x = torch.randn(shape, generator=gen, dtype=torch.float64) * 2.0 + 3.0
-    got = sdecor.decorrelation_loss(x, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=1e-5, backend="reference")
+    got = sdecor.decorrelation_loss(
+        x, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=1e-5, backend="reference"
+    )
     want = numpy_penalty(x.numpy(), mode, reduction, correction, groups, 1e-5)
     assert got.dtype == torch.float64
     assert got.item() == pytest.approx(want, rel=1e-10, abs=1e-12)
@@ -143,7 +146,9 @@ def test_rank_lower_bound_with_small_batches():
 def test_module_matches_function_and_weight():
     x = torch.randn(12, 6)
     mod = sdecor.DecorrelationLoss(mode="covariance", reduction="sum", correction=0, weight=0.5)
-    assert mod(x).item() == pytest.approx(0.5 * sdecor.decorrelation_loss(x, mode="covariance", reduction="sum", correction=0).item(), rel=1e-6)
+    assert mod(x).item() == pytest.approx(
+        0.5 * sdecor.decorrelation_loss(x, mode="covariance", reduction="sum", correction=0).item(), rel=1e-6
+    )
     assert "covariance" in repr(mod)
 
 
@@ -163,7 +168,11 @@ def test_module_matches_function_and_weight():
         (lambda: sdecor.decorrelation_loss(torch.randn(5, 6), groups=1.5), TypeError, "groups must be an int"),
         (lambda: sdecor.decorrelation_loss(torch.randn(5, 6), correction=-1), ValueError, "correction must be >= 0"),
         (lambda: sdecor.decorrelation_loss(torch.randn(5, 6), eps=-1.0), ValueError, "eps must be >= 0"),
-        (lambda: sdecor.decorrelation_loss(torch.randn(5, 6, dtype=torch.float64), backend="triton"), ValueError, "backend='triton' cannot run"),
+        (
+            lambda: sdecor.decorrelation_loss(torch.randn(5, 6, dtype=torch.float64), backend="triton"),
+            ValueError,
+            "backend='triton' cannot run",
+        ),
         (lambda: sdecor.DecorrelationLoss(mode="nope"), ValueError, "mode must be one of"),
     ],
 )

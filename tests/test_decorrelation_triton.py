@@ -1,6 +1,7 @@
 """The fused Triton backend of decorrelation_loss against the float64 reference (loss and the
 gradient autograd gives through the reference), on CPU under the Triton interpreter (tiny
 shapes: the interpreter is slow) and, marked ``cuda``, on a GPU with larger shapes."""
+
 import os
 import subprocess
 import sys
@@ -13,14 +14,24 @@ import sdecor
 from sdecor.ops import decorrelation_triton as DT
 from sdecor.ops.decorrelation_reference import decorrelation_reference
 
-pytestmark = pytest.mark.skipif(not DT.can_run(torch.zeros(2, 2))[0] and not torch.cuda.is_available(),
-                                reason="Triton cannot run here (not importable, or no GPU and no interpreter)")
+pytestmark = pytest.mark.skipif(
+    not DT.can_run(torch.zeros(2, 2))[0] and not torch.cuda.is_available(),
+    reason="Triton cannot run here (not importable, or no GPU and no interpreter)",
+)
 
 KERNELS = DT._kernels
 
 # Small tiles, forced splits of the Gram and statistics reductions, both route-N epilogues.
-SMALL_TILES = dict(gram_block=16, gram_block_r=16, grad_block_m=16, grad_block_n=16, grad_block_j=16,
-                   fin_block=16, stats_block_k=16, stats_block_c=16)
+SMALL_TILES = dict(
+    gram_block=16,
+    gram_block_r=16,
+    grad_block_m=16,
+    grad_block_n=16,
+    grad_block_j=16,
+    fin_block=16,
+    stats_block_k=16,
+    stats_block_c=16,
+)
 
 
 def _triton_and_reference(x, **opts):
@@ -54,14 +65,14 @@ def _data(shape, seed, dtype=torch.float32, offset=3.0, device="cpu"):
 
 # (shape, groups): route D (n >= g) and route N (n < g), sizes off the block sizes, groups > 1
 CASES = [
-    ((37, 5), 1),    # D
-    ((6, 23), 1),    # N
-    ((19, 12), 3),   # D, groups
-    ((4, 40), 4),    # N, groups (g = 10 > n = 4)
-    ((70, 45), 1),   # D, several 32-tiles
-    ((20, 70), 1),   # N, several 32-tiles of features
-    ((12, 12), 1),   # n == g: route D
-    ((11, 12), 1),   # n == g - 1: route N
+    ((37, 5), 1),  # D
+    ((6, 23), 1),  # N
+    ((19, 12), 3),  # D, groups
+    ((4, 40), 4),  # N, groups (g = 10 > n = 4)
+    ((70, 45), 1),  # D, several 32-tiles
+    ((20, 70), 1),  # N, several 32-tiles of features
+    ((12, 12), 1),  # n == g: route D
+    ((11, 12), 1),  # n == g - 1: route N
 ]
 
 
@@ -77,13 +88,13 @@ def test_matches_reference_fp32(shape, groups, mode, reduction, correction):
 @pytest.mark.parametrize(
     "shape,groups,override",
     [
-        ((70, 45), 1, dict(gram_split=3, stats_split=3)),                      # D: atomic split + finish
-        ((50, 34), 2, dict(gram_split=2)),                                     # D: split, groups
-        ((20, 70), 1, dict(gram_split=3, stats_split=2, kz_row_loop=False)),   # N: split, two-pass epilogue
-        ((20, 70), 1, dict(kz_row_loop=True)),                                 # N: one program per feature tile
-        ((18, 64), 2, dict(kz_row_loop=False)),                                # N: groups, two-pass
-        ((40, 24), 2, dict(off64=True, gram_split=2)),                         # D: 64-bit offsets
-        ((12, 40), 1, dict(off64=True, kz_row_loop=False)),                    # N: 64-bit offsets
+        ((70, 45), 1, dict(gram_split=3, stats_split=3)),  # D: atomic split + finish
+        ((50, 34), 2, dict(gram_split=2)),  # D: split, groups
+        ((20, 70), 1, dict(gram_split=3, stats_split=2, kz_row_loop=False)),  # N: split, two-pass epilogue
+        ((20, 70), 1, dict(kz_row_loop=True)),  # N: one program per feature tile
+        ((18, 64), 2, dict(kz_row_loop=False)),  # N: groups, two-pass
+        ((40, 24), 2, dict(off64=True, gram_split=2)),  # D: 64-bit offsets
+        ((12, 40), 1, dict(off64=True, kz_row_loop=False)),  # N: 64-bit offsets
     ],
 )
 @pytest.mark.parametrize("mode", ["correlation", "covariance"])
@@ -117,13 +128,13 @@ def test_five_dim_input():
 def test_non_contiguous_2d(kind):
     base = _data((40, 30), seed=5)
     if kind == "transposed":
-        x = base.t()[:, :17]         # (30, 17) with unit row stride
+        x = base.t()[:, :17]  # (30, 17) with unit row stride
     elif kind == "column_slice":
-        x = base[:, 3:26]            # offset pointer, row stride 30
+        x = base[:, 3:26]  # offset pointer, row stride 30
     elif kind == "strided_columns":
-        x = base[:, ::2]             # column stride 2
+        x = base[:, ::2]  # column stride 2
     else:
-        x = base[::3, :]             # (14, 30): n < g, row stride 90
+        x = base[::3, :]  # (14, 30): n < g, row stride 90
     assert not x.is_contiguous()
     _assert_close(x, *_triton_and_reference(x, mode="correlation"), loss_rtol=1e-5, grad_rtol=2e-5)
 
@@ -225,7 +236,7 @@ def test_compile_fullgraph_aot_eager():
 
 # A child process (the interpreter is fixed at triton's import) compiles the kernels for sm_90
 # with ptxas, no GPU needed: CI, which has none, still catches a kernel that would not compile.
-_SM90_CHILD = textwrap.dedent('''
+_SM90_CHILD = textwrap.dedent("""
     import os, sys
     os.environ.pop("TRITON_INTERPRET", None)
     try:
@@ -274,7 +285,8 @@ _SM90_CHILD = textwrap.dedent('''
             count += 4
         build(K._col_stats_combine_kernel, {}, dict(CORR=True, DIAG_LOSS=True, BLOCK_C=64), 4)
         build(K._grad_d_kernel, {"x_ptr": x, "grad_ptr": x, "m_ptr": x},
-              dict(CORR=True, BLOCK_M=128, BLOCK_N=128, BLOCK_J=32 if x == "*bf16" else 16, GROUP_M=8, OFF64=False, **dots), 8)
+              dict(CORR=True, BLOCK_M=128, BLOCK_N=128, BLOCK_J=32 if x == "*bf16" else 16, GROUP_M=8,
+                   OFF64=False, **dots), 8)
         for row_loop in (True, False):
             build(K._kz_kernel, {"x_ptr": x, "grad_ptr": x, "k_ptr": x},
                   dict(CORR=True, ROW_LOOP=row_loop, SUM_LOSS=row_loop, BLOCK_M=64, BLOCK_F=128,
@@ -282,7 +294,7 @@ _SM90_CHILD = textwrap.dedent('''
         build(K._finish_n_kernel, {"x_ptr": x, "grad_ptr": x}, dict(BLOCK_M=64, BLOCK_C=64, OFF64=False), 4)
         count += 5
     print("compiled", count)
-''')
+""")
 
 
 def test_kernels_compile_for_sm90():
@@ -296,13 +308,13 @@ def test_kernels_compile_for_sm90():
 
 # ------------------------------------------------------------------------------- GPU variants
 GPU_CASES = [
-    ((512, 256), 1),           # D
-    ((256, 1024), 1),          # N, row-loop epilogue
-    ((1500, 700), 2),          # D, groups, ragged
-    ((300, 2100), 3),          # N, groups, ragged
-    ((8192, 128), 1),          # D, small g: split over samples (atomics + finish)
-    ((64, 4096), 1),           # N, small n: split over features
-    ((2048, 4096), 1),         # N, large n: two-pass epilogue
+    ((512, 256), 1),  # D
+    ((256, 1024), 1),  # N, row-loop epilogue
+    ((1500, 700), 2),  # D, groups, ragged
+    ((300, 2100), 3),  # N, groups, ragged
+    ((8192, 128), 1),  # D, small g: split over samples (atomics + finish)
+    ((64, 4096), 1),  # N, small n: split over features
+    ((2048, 4096), 1),  # N, large n: two-pass epilogue
 ]
 GPU_TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (5e-3, 1e-2), torch.bfloat16: (3e-2, 3e-2)}
 

@@ -6,6 +6,7 @@ both routes (natural and forced), groups, both reductions, uneven and empty slic
 (N, C, H, W) input. A two-process DistributedDataParallel training step under torchrun checks
 the DDP gradient scaling documented in sdecor.ops.decorrelation_distributed.
 """
+
 from __future__ import annotations
 
 import os
@@ -127,7 +128,9 @@ def test_module_form_with_process_group(two_rank_results):
 
 def test_routes_cover_both():
     # the unforced cases exercise both routes (chosen by the GLOBAL n)
-    routes = {communication_volume(sum(s), f[0], groups=g)["route"] for s, f, g, r in CASES if r is None and len(f) == 1}
+    routes = {
+        communication_volume(sum(s), f[0], groups=g)["route"] for s, f, g, r in CASES if r is None and len(f) == 1
+    }
     assert routes == {"D", "N"}
     vol = communication_volume(1024, 256, groups=4, world_size=2)
     assert vol == {"route": "D", "elements": 256 + 4 * 64 * 65 // 2, "counts": 2}
@@ -204,7 +207,8 @@ DDP_SCRIPT = textwrap.dedent(
     other = flat.clone()
     dist.broadcast(other, src=0)
     if rank == 0:
-        print(json.dumps({"err": err, "err_naive": err_naive, "pen_err": abs(float(pen) - float(ref_pen)) / float(ref_pen),
+        pen_err = abs(float(pen) - float(ref_pen)) / float(ref_pen)
+        print(json.dumps({"err": err, "err_naive": err_naive, "pen_err": pen_err,
                           "replica_diff": float((flat - other).abs().max())}))
     dist.barrier()
     dist.destroy_process_group()

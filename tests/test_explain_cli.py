@@ -1,4 +1,5 @@
 """``sdecor explain``: PNGs from a checkpoint; clean messages for bad arguments."""
+
 import os
 import subprocess
 import sys
@@ -34,8 +35,24 @@ def _png_ok(path):
 def test_explain_dataset_subprocess(checkpoint, tmp_path):
     out = tmp_path / "maps"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
-    cmd = [sys.executable, "-m", "sdecor.cli", "explain", "--checkpoint", checkpoint, "--dataset", "digits-in-clutter",
-           "--n", "2", "--method", "gradient", "--target", "label", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sdecor.cli",
+        "explain",
+        "--checkpoint",
+        checkpoint,
+        "--dataset",
+        "digits-in-clutter",
+        "--n",
+        "2",
+        "--method",
+        "gradient",
+        "--target",
+        "label",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     files = sorted(os.listdir(out))
@@ -55,16 +72,44 @@ def test_explain_image_files(checkpoint, tmp_path, capsys):
         Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(p)
         paths.append(str(p))
     out = tmp_path / "out"
-    rc = main(["explain", "--checkpoint", checkpoint, "--images", *paths, "--method", "input_x_gradient",
-               "--target", "3", "--out", str(out)])
+    rc = main(
+        [
+            "explain",
+            "--checkpoint",
+            checkpoint,
+            "--images",
+            *paths,
+            "--method",
+            "input_x_gradient",
+            "--target",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert sorted(os.listdir(out)) == ["a_input_x_gradient.png", "b_input_x_gradient.png"]
     _png_ok(out / "a_input_x_gradient.png")
 
 
 def test_explain_method_options(checkpoint, tmp_path):
-    rc = main(["explain", "--checkpoint", checkpoint, "--dataset", "digits-in-clutter", "--n", "1", "--method", "smoothgrad",
-               "--option", "n_samples=2", "--out", str(tmp_path)])
+    rc = main(
+        [
+            "explain",
+            "--checkpoint",
+            checkpoint,
+            "--dataset",
+            "digits-in-clutter",
+            "--n",
+            "1",
+            "--method",
+            "smoothgrad",
+            "--option",
+            "n_samples=2",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 0 and len(os.listdir(tmp_path)) == 1
 
 
@@ -95,12 +140,16 @@ def test_bad_arguments(checkpoint, tmp_path, capsys, extra, message):
 
     img = tmp_path / "x.png"
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(img)
-    err = _error(["explain", "--checkpoint", checkpoint, "--images", str(img), "--out", str(tmp_path / "o"), *extra], capsys)
+    err = _error(
+        ["explain", "--checkpoint", checkpoint, "--images", str(img), "--out", str(tmp_path / "o"), *extra], capsys
+    )
     assert message in err
 
 
 def test_bad_sources(checkpoint, tmp_path, capsys):
-    assert "one of the arguments --images --dataset is required" in _error(["explain", "--checkpoint", checkpoint], capsys)
+    assert "one of the arguments --images --dataset is required" in _error(
+        ["explain", "--checkpoint", checkpoint], capsys
+    )
     err = _error(["explain", "--checkpoint", str(tmp_path / "missing.pt"), "--dataset", "digits-in-clutter"], capsys)
     assert "checkpoint not found" in err
     err = _error(["explain", "--checkpoint", checkpoint, "--images", str(tmp_path / "missing.png")], capsys)

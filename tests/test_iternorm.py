@@ -1,4 +1,5 @@
 """IterNorm against the eigendecomposition (ZCA) reference, running statistics, gradcheck, drop-in use."""
+
 from __future__ import annotations
 
 import pytest
@@ -114,12 +115,17 @@ def test_gradcheck(shape, groups):
     assert torch.autograd.gradcheck(lambda t: norm(t), (x,), eps=1e-6, atol=1e-6)
     # weight and bias gradients too
     w, b = norm.weight.detach().clone().requires_grad_(), norm.bias.detach().clone().requires_grad_()
-    call = lambda ww, bb: torch.func.functional_call(norm, {"weight": ww, "bias": bb}, (x.detach(),))
+
+    def call(ww, bb):
+        return torch.func.functional_call(norm, {"weight": ww, "bias": bb}, (x.detach(),))
+
     assert torch.autograd.gradcheck(call, (w, b), eps=1e-6, atol=1e-6)
 
 
 def test_drop_in_for_batchnorm():
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.BatchNorm2d(8)
+    )
     name = replace_last_batchnorm(net, T=5, num_groups=2)
     assert name == "4" and isinstance(net[4], IterNorm) and isinstance(net[1], nn.BatchNorm2d)
     x = torch.randn(4, 3, 8, 8)

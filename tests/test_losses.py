@@ -1,4 +1,5 @@
 """The training objectives, part by part, on tiny hand-built models."""
+
 import copy
 import math
 

@@ -1,4 +1,5 @@
 """Batched saliency masking: contract, backend agreement, fills, autograd, errors, registration."""
+
 from __future__ import annotations
 
 import glob
@@ -109,18 +110,22 @@ def test_k_forms(backend):
     x = torch.randn(3, 2, 4, 5)
     s = torch.rand(3, 4, 5)
     F = 20
-    cases = {
-        7: [7, 7, 7],
-        0: [0, 0, 0],
-        F: [F, F, F],
-        0.33: [6, 6, 6],  # floor(0.33 * 20)
-        1.0: [F, F, F],
-        0.0: [0, 0, 0],
-    }
-    for k, expected in cases.items():
+    cases = [  # a list, not a dict: 0 and 0.0 (an int count and a fraction) are different cases
+        (7, [7, 7, 7]),
+        (0, [0, 0, 0]),
+        (F, [F, F, F]),
+        (0.33, [6, 6, 6]),  # floor(0.33 * 20)
+        (1.0, [F, F, F]),
+        (0.0, [0, 0, 0]),
+    ]
+    for k, expected in cases:
         _, mask = mask_features(x, s, k, fill=0.0, backend=backend)
         assert mask.view(3, -1).sum(1).tolist() == expected, k
-    for kt in (torch.tensor([0, 5, 20]), torch.tensor([0, 5, 20], dtype=torch.int32), torch.tensor([3, 5, 20], dtype=torch.uint8)):
+    for kt in (
+        torch.tensor([0, 5, 20]),
+        torch.tensor([0, 5, 20], dtype=torch.int32),
+        torch.tensor([3, 5, 20], dtype=torch.uint8),
+    ):
         _, mask = mask_features(x, s, kt, fill=0.0, backend=backend)
         assert mask.view(3, -1).sum(1).tolist() == kt.tolist()
     _, mask = mask_features(x, s, torch.tensor(4), fill=0.0, backend=backend)  # 0-dim: like an int
@@ -194,7 +199,12 @@ def test_fill_mean_constant_tensor(backend):
     masked, mask = mask_features(x, s, 10, fill=-2.5, backend=backend)
     assert bool((masked[mask] == -2.5).all()) and torch.equal(masked[~mask], x[~mask])
 
-    for baseline in (torch.randn(3, 2, 4, 4), torch.randn(2, 1, 1), torch.tensor(7.0), torch.randn(4, dtype=torch.float64)):
+    for baseline in (
+        torch.randn(3, 2, 4, 4),
+        torch.randn(2, 1, 1),
+        torch.tensor(7.0),
+        torch.randn(4, dtype=torch.float64),
+    ):
         masked, mask = mask_features(x, s, 10, fill=baseline, backend=backend)
         expected = torch.where(mask, baseline.to(x.dtype).expand_as(x), x)
         assert torch.equal(masked, expected) and masked.dtype == x.dtype
@@ -354,12 +364,18 @@ def test_opcheck():
     opcheck(torch.ops.sdecor.mask_select.default, (s.half(), k, False))
     mask = torch.ops.sdecor.mask_select(s, k, False)
     n = int(k.sum())
-    opcheck(torch.ops.sdecor.mask_fill_uniform.default, (torch.randn(4, 3, 5, 10, requires_grad=True), mask, torch.rand(3 * n)))
+    opcheck(
+        torch.ops.sdecor.mask_fill_uniform.default,
+        (torch.randn(4, 3, 5, 10, requires_grad=True), mask, torch.rand(3 * n)),
+    )
     opcheck(
         torch.ops.sdecor.mask_fill_uniform.default,
         (torch.randn(4, 50, dtype=torch.float64, requires_grad=True), mask, torch.rand(n, dtype=torch.float64)),
     )
-    opcheck(torch.ops.sdecor.mask_fill_uniform.default, (torch.randn(4, 2, 50, dtype=torch.bfloat16), mask, torch.rand(2 * n)))
+    opcheck(
+        torch.ops.sdecor.mask_fill_uniform.default,
+        (torch.randn(4, 2, 50, dtype=torch.bfloat16), mask, torch.rand(2 * n)),
+    )
 
 
 @needs_cpp
@@ -389,7 +405,9 @@ def test_shares_namespace_with_python_custom_ops(order):
     load = "from sdecor.ops import _extension\nassert _extension.has_cpu(), _extension.load_error()\n"
     body = (define + load) if order == "python_fragment_first" else (load + define)
     code = (
-        "import torch\n" + body + "assert torch.equal(torch.ops.sdecor._probe_fragment_op(torch.ones(2)), torch.full((2,), 2.0))\n"
+        "import torch\n"
+        + body
+        + "assert torch.equal(torch.ops.sdecor._probe_fragment_op(torch.ones(2)), torch.full((2,), 2.0))\n"
         "m = torch.ops.sdecor.mask_select(torch.tensor([[3.0, 1.0, 2.0]]), torch.tensor([1]), False)\n"
         "assert m.tolist() == [[False, True, False]]\n"
         "print('ok')\n"
@@ -430,7 +448,10 @@ def test_nvcc_compiles_cuda_sources(tmp_path):
     for src in sources:
         out = tmp_path / (os.path.basename(src) + ".o")
         proc = subprocess.run(
-            [nvcc, "-std=c++17", "-O2", "-arch=sm_90", "-c", src, "-o", str(out)], capture_output=True, text=True, timeout=600
+            [nvcc, "-std=c++17", "-O2", "-arch=sm_90", "-c", src, "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == 0, f"nvcc failed on {src}:\n{proc.stderr}"
 
@@ -445,12 +466,16 @@ def test_cuda_matches_reference(dtype, pixel, largest):
     dev = torch.device("cuda")
     B, C, H, W = 6, 3, 33, 35
     x = torch.randn(B, C, H, W, dtype=dtype, device=dev)
-    for s in (tied_saliency((B, 1, H, W) if pixel else (B, C, H, W), dtype=dtype, seed=2).to(dev),
-              torch.rand((B, 1, H, W) if pixel else (B, C, H, W), dtype=dtype, device=dev)):
+    for s in (
+        tied_saliency((B, 1, H, W) if pixel else (B, C, H, W), dtype=dtype, seed=2).to(dev),
+        torch.rand((B, 1, H, W) if pixel else (B, C, H, W), dtype=dtype, device=dev),
+    ):
         F = s[0].numel()
         for k in [0, 1, 0.1, 0.5, F, torch.tensor([0, 1, F // 3, F // 2, F - 1, F], device=dev)]:
             for fill in ("uniform", "mean", 0.5):
-                ref = mask_features(x, s, k, largest=largest, fill=fill, generator=gen(device="cuda"), backend="reference")
+                ref = mask_features(
+                    x, s, k, largest=largest, fill=fill, generator=gen(device="cuda"), backend="reference"
+                )
                 got = mask_features(x, s, k, largest=largest, fill=fill, generator=gen(device="cuda"), backend="cuda")
                 assert torch.equal(ref[1], got[1]), k
                 assert torch.equal(ref[0], got[0]), (k, fill)

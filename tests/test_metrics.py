@@ -1,4 +1,5 @@
 """sdecor.metrics: hand-computed values on tiny inputs, chunking invariance, argument checks."""
+
 import math
 import re
 
@@ -186,8 +187,11 @@ def test_perturbation_curves_are_chunk_invariant(pixel_layout):
     model = TinyCNN().eval()
     x = torch.rand(5, 3, 6, 6, generator=g)
     y = torch.randint(0, 4, (5,), generator=g)
-    sal = {"(B,1,H,W)": torch.rand(5, 1, 6, 6, generator=g), "(B,H,W)": torch.rand(5, 6, 6, generator=g),
-           "like x": torch.rand(5, 3, 6, 6, generator=g)}[pixel_layout]
+    sal = {
+        "(B,1,H,W)": torch.rand(5, 1, 6, 6, generator=g),
+        "(B,H,W)": torch.rand(5, 6, 6, generator=g),
+        "like x": torch.rand(5, 3, 6, 6, generator=g),
+    }[pixel_layout]
     runs = {
         "deletion": lambda bs: M.deletion_curve(model, x, sal, step=5, batch_size=bs),
         "insertion": lambda bs: M.insertion_curve(model, x, sal, step=7, batch_size=bs),
@@ -250,14 +254,16 @@ def test_ranked_engine_equals_per_step_mask_features(monkeypatch, fill):
     curves = {}
     for name, cpp in (("auto", None), ("torch", False)):
         if cpp is not None:
-            monkeypatch.setattr(P, "cpp_available", lambda device: cpp)
+            monkeypatch.setattr(P, "cpp_available", lambda device, cpp=cpp: cpp)
         curves[name] = M.pixel_flipping(model, x, sal, y, step=3, fill=fill, output="logit", batch_size=3).curves
     assert torch.equal(curves["auto"], curves["torch"])
     sub = P._substrate(fill, x, "fill", None)
     with torch.no_grad():
         for t in range(curves["auto"].shape[1]):
             k = min(3 * t, 35)
-            masked, _ = mask_features(x, sal, k, largest=True, fill=sub if isinstance(sub, float) else sub.expand(x.shape))
+            masked, _ = mask_features(
+                x, sal, k, largest=True, fill=sub if isinstance(sub, float) else sub.expand(x.shape)
+            )
             expect = model(masked).gather(1, y[:, None]).squeeze(1)
             assert torch.allclose(curves["auto"][:, t], expect, atol=1e-6), t
 
@@ -283,8 +289,12 @@ def test_pixel_flipping_hand_values():
     r = M.pixel_flipping(model, x, sal, t, step=1, fill=0.0, output="logit", abs=True)
     assert r.curves[0].tolist() == [10.0, 8.0, 5.0, 1.0, 0.0]
     # random order is repeatable with a generator and ends at the fully flipped input
-    r1 = M.pixel_flipping(model, x, sal, t, order="random", step=1, fill=0.0, generator=torch.Generator().manual_seed(3))
-    r2 = M.pixel_flipping(model, x, sal, t, order="random", step=1, fill=0.0, generator=torch.Generator().manual_seed(3))
+    r1 = M.pixel_flipping(
+        model, x, sal, t, order="random", step=1, fill=0.0, generator=torch.Generator().manual_seed(3)
+    )
+    r2 = M.pixel_flipping(
+        model, x, sal, t, order="random", step=1, fill=0.0, generator=torch.Generator().manual_seed(3)
+    )
     assert torch.equal(r1.curves, r2.curves)
 
 
@@ -303,8 +313,9 @@ def test_region_perturbation_uses_per_sample_counts_with_border_patches():
     assert r.curves[1].tolist() == [25.0, 19.0, 13.0, 9.0, 0.0]
     assert torch.allclose(r.fractions, torch.tensor([0, 0.25, 0.5, 0.75, 1.0]))
     # two regions per step, and at most three regions
-    r = M.region_perturbation(model, x, a, torch.tensor([0, 0]), patch_size=3, fill=0.0, output="logit",
-                              regions=3, regions_per_step=2)
+    r = M.region_perturbation(
+        model, x, a, torch.tensor([0, 0]), patch_size=3, fill=0.0, output="logit", regions=3, regions_per_step=2
+    )
     assert r.curves.tolist() == [[25.0, 12.0, 6.0], [25.0, 13.0, 9.0]]
     r = M.region_perturbation(model, x, a, torch.tensor([0, 0]), patch_size=3, fill=0.0, output="logit", order="lerf")
     assert r.curves[0].tolist() == [25.0, 19.0, 13.0, 9.0, 0.0]
@@ -362,14 +373,24 @@ def test_max_sensitivity_hand_values_and_repeatability():
     y = torch.zeros(3, dtype=torch.long)
     model = lambda v: torch.zeros(v.shape[0], 2)  # noqa: E731
     n, r = 5, 0.1
-    got = M.max_sensitivity(model, x, y, _identity_explain, radius=r, n_samples=n, generator=torch.Generator().manual_seed(7))
+    got = M.max_sensitivity(
+        model, x, y, _identity_explain, radius=r, n_samples=n, generator=torch.Generator().manual_seed(7)
+    )
     g = torch.Generator().manual_seed(7)
     noise = torch.stack([torch.rand(x.shape, generator=g) * (2 * r) - r for _ in range(n)])  # (n, B, ...)
     expected = (noise.flatten(2).norm(dim=2) / x.flatten(1).norm(dim=1)).amax(dim=0)
     assert torch.allclose(got, expected, rtol=1e-5)
     for bs in (1, 2, 3, 7, 15, 100):
-        again = M.max_sensitivity(model, x, y, _identity_explain, radius=r, n_samples=n, batch_size=bs,
-                                  generator=torch.Generator().manual_seed(7))
+        again = M.max_sensitivity(
+            model,
+            x,
+            y,
+            _identity_explain,
+            radius=r,
+            n_samples=n,
+            batch_size=bs,
+            generator=torch.Generator().manual_seed(7),
+        )
         assert torch.allclose(again, got, rtol=1e-6), bs
     # a constant explanation is perfectly robust
     const = lambda m, v, t: torch.ones(v.shape[0], 4)  # noqa: E731
@@ -382,8 +403,9 @@ def test_max_sensitivity_nan_when_prediction_changes():
     g = torch.Generator().manual_seed(0)
     a = torch.ones(2, 1, 2, 2)
     expl = lambda m, v, t: torch.ones_like(v)  # noqa: E731
-    got = M.max_sensitivity(model, x, None, expl, attributions=a, n_samples=20, generator=g,
-                            return_nan_when_prediction_changes=True)
+    got = M.max_sensitivity(
+        model, x, None, expl, attributions=a, n_samples=20, generator=g, return_nan_when_prediction_changes=True
+    )
     assert torch.isnan(got).all()
     got = M.max_sensitivity(model, x, None, expl, attributions=a, n_samples=20)
     assert got.tolist() == [0.0, 0.0]
@@ -549,9 +571,11 @@ def test_forward_pass_budget_and_chunk_sizes():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 4, 4)
     sal = torch.rand(6, 1, 4, 4)
-    for fn, extra in ((lambda m, bs: M.deletion_curve(m, x, sal, step=4, batch_size=bs), 0),
-                      (lambda m, bs: M.pixel_flipping(m, x, sal, step=4, batch_size=bs), 0),
-                      (lambda m, bs: M.insertion_curve(m, x, sal, step=4, batch_size=bs), 6)):
+    for fn, extra in (
+        (lambda m, bs: M.deletion_curve(m, x, sal, step=4, batch_size=bs), 0),
+        (lambda m, bs: M.pixel_flipping(m, x, sal, step=4, batch_size=bs), 0),
+        (lambda m, bs: M.insertion_curve(m, x, sal, step=4, batch_size=bs), 6),
+    ):
         for bs in (None, 4, 10):
             m = Counting(TinyCNN().eval())
             fn(m, bs)

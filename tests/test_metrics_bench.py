@@ -1,4 +1,5 @@
 """The metrics benchmark suite builds its groups (with and without Quantus) and its impls run."""
+
 import torch
 
 from sdecor.benchmarks import metrics as suite

@@ -4,6 +4,7 @@ Quantus normalises by the maximum over the whole batch by default; ours is per s
 Quantus side is given ``normalise_func_kwargs={"normalise_axes": [1, 2, 3]}`` (per sample) where
 the normalisation is not a no-op.
 """
+
 import warnings
 
 import numpy as np
@@ -117,7 +118,9 @@ def test_max_sensitivity_matches_quantus_on_the_same_noise(data, normalise):
     model, x, y, _, _ = data
     n = 7
     gen = torch.Generator().manual_seed(123)
-    ours = M.max_sensitivity(model, x, y, _saliency_explain, radius=0.2, n_samples=n, normalise=normalise, generator=gen)
+    ours = M.max_sensitivity(
+        model, x, y, _saliency_explain, radius=0.2, n_samples=n, normalise=normalise, generator=gen
+    )
 
     # replay the identical noise draws into Quantus through its perturb_func argument
     gen = torch.Generator().manual_seed(123)
@@ -127,8 +130,9 @@ def test_max_sensitivity_matches_quantus_on_the_same_noise(data, normalise):
     def replay(arr, indices, **kwargs):
         return arr + next(it)
 
-    q = quantus.MaxSensitivity(nr_samples=n, perturb_func=replay, normalise=normalise, disable_warnings=True,
-                               normalise_func_kwargs=PER_SAMPLE)
+    q = quantus.MaxSensitivity(
+        nr_samples=n, perturb_func=replay, normalise=normalise, disable_warnings=True, normalise_func_kwargs=PER_SAMPLE
+    )
     expected = np.asarray(q(model=model, x_batch=_np(x), y_batch=_np(y), explain_func=_quantus_explain, batch_size=64))
     # float32 noise in both: our x + (u * 2r - r) vs Quantus x + (u * 2r - r) computed identically
     np.testing.assert_allclose(_np(ours), expected, rtol=1e-4, atol=1e-6)

@@ -1,4 +1,5 @@
 """sdecor.models: shapes, layer names, hook-friendliness."""
+
 import pytest
 import torch
 from torch import nn
@@ -62,7 +63,11 @@ def test_double_backward(name):
 def test_full_backward_hooks_on_relus():
     # RectGrad / guided backprop rewrite the ReLU gradient with module backward hooks
     model = SmallCNN().eval()
-    hooks = [m.register_full_backward_hook(lambda m, gi, go: (gi[0].clamp(min=0),)) for m in model.modules() if isinstance(m, nn.ReLU)]
+    hooks = [
+        m.register_full_backward_hook(lambda m, gi, go: (gi[0].clamp(min=0),))
+        for m in model.modules()
+        if isinstance(m, nn.ReLU)
+    ]
     x = torch.rand(2, 3, 32, 32, requires_grad=True)
     model(x)[:, 0].sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()

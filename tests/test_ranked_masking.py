@@ -1,4 +1,5 @@
 """Rank-once masking (mask_ranks, mask_fill_ranked): definition, backend agreement, layouts, errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -61,10 +62,14 @@ def test_cpp_ranks_equal_reference_on_awkward_sizes(largest, dtype, f):
 @needs_cpp
 def test_cpp_ranks_resolve_float64_values_that_float32_merges():
     base = torch.tensor(1.0, dtype=torch.float64)
-    s = (base + torch.arange(600, dtype=torch.float64).flip(0) * 1e-15)[None].repeat(2, 1)  # descending, distinct only in float64
+    s = (base + torch.arange(600, dtype=torch.float64).flip(0) * 1e-15)[None].repeat(
+        2, 1
+    )  # descending, distinct only in float64
     s[1, ::2] = -s[1, ::2]
     for largest in (False, True):
-        assert torch.equal(mask_ranks(s, largest=largest, backend="cpp"), mask_ranks(s, largest=largest, backend="reference"))
+        assert torch.equal(
+            mask_ranks(s, largest=largest, backend="cpp"), mask_ranks(s, largest=largest, backend="reference")
+        )
     assert mask_ranks(s, backend="cpp")[0].tolist() == list(range(599, -1, -1))
 
 
@@ -157,10 +162,13 @@ def test_fill_dtypes_and_non_contiguous_inputs(backend, dtype):
 def test_fill_counts_outside_the_range_and_empty_batches(backend):
     x = torch.randn(2, 6)
     ranks = mask_ranks(torch.randn(2, 6))
-    assert torch.equal(mask_fill_ranked(x, ranks, torch.tensor([-3, 100]), 0.0, backend=backend),
-                       torch.stack([x[0], torch.zeros(6)]))
+    assert torch.equal(
+        mask_fill_ranked(x, ranks, torch.tensor([-3, 100]), 0.0, backend=backend), torch.stack([x[0], torch.zeros(6)])
+    )
     empty = torch.empty(0, 3, 4, 4)
-    assert mask_fill_ranked(empty, torch.empty(0, 4, 4, dtype=torch.int32), 2, 0.0, backend=backend).shape == empty.shape
+    assert (
+        mask_fill_ranked(empty, torch.empty(0, 4, 4, dtype=torch.int32), 2, 0.0, backend=backend).shape == empty.shape
+    )
 
 
 def test_fill_gradient_is_the_keep_mask():
@@ -205,7 +213,9 @@ def test_opcheck():
     ranks = mask_ranks(torch.randn(3, 20))
     k = torch.tensor([0, 5, 20])
     opcheck(torch.ops.sdecor.mask_fill_ranked.default, (torch.randn(3, 2, 20), ranks, k, torch.randn(3, 2, 20)))
-    opcheck(torch.ops.sdecor.mask_fill_ranked.default, (torch.randn(3, 1, 20), ranks, k, torch.zeros(()).expand(3, 1, 20)))
+    opcheck(
+        torch.ops.sdecor.mask_fill_ranked.default, (torch.randn(3, 1, 20), ranks, k, torch.zeros(()).expand(3, 1, 20))
+    )
 
 
 @needs_cpp

@@ -1,4 +1,5 @@
 """sdecor.saliency: shared conventions, Gradient / InputXGradient / SmoothGrad / IG / GuidedBackprop."""
+
 import pytest
 import torch
 from torch import nn
@@ -48,8 +49,14 @@ def build(name, model):
 # ----------------------------------------------------------------------------------------------
 def test_methods_registry():
     assert set(METHODS) == {
-        "gradient", "input_x_gradient", "smoothgrad", "integrated_gradients",
-        "guided_backprop", "rectgrad", "nobias_rectgrad", "dance",
+        "gradient",
+        "input_x_gradient",
+        "smoothgrad",
+        "integrated_gradients",
+        "guided_backprop",
+        "rectgrad",
+        "nobias_rectgrad",
+        "dance",
     }
     for cls in METHODS.values():
         assert hasattr(cls, "attribute")
@@ -233,7 +240,9 @@ def test_create_graph_matches_finite_differences_float64():
     """The gradient of a loss on the map w.r.t. a parameter: autograd (double backward) versus
     central differences, in train mode with BatchNorm and Dropout (mask fixed by reseeding)."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Dropout(0.3), nn.Linear(7, 3)).double().train()
+    net = (
+        nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Tanh(), nn.Dropout(0.3), nn.Linear(7, 3)).double().train()
+    )
     x = torch.randn(6, 5, dtype=torch.float64)
     target = [0, 1, 2, 0, 1, 2]
     weights = torch.randn(6, 5, dtype=torch.float64)
@@ -313,7 +322,9 @@ def test_smoothgrad_statistics_exact(nt_type):
     # reproduce the documented noise: one (B, ...) standard-normal draw per copy, sigma = level * range
     gen = torch.Generator().manual_seed(42)
     sigma = level * (x.amax(1, keepdim=True) - x.amin(1, keepdim=True))
-    grads = torch.stack([2 * w[target] * (x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)) for _ in range(n)])
+    grads = torch.stack(
+        [2 * w[target] * (x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype)) for _ in range(n)]
+    )
     expected = {
         "smoothgrad": grads.mean(0),
         "smoothgrad_sq": (grads**2).mean(0),
@@ -348,7 +359,9 @@ def test_smoothgrad_generator_repeatable_and_noise_free_limit():
     torch.testing.assert_close(sg.attribute(x, 0, noise_level=0.0), Gradient(model).attribute(x, 0))
     lin = nn.Linear(6, 2)
     z = torch.randn(3, 6)
-    torch.testing.assert_close(SmoothGrad(lin, nt_type="vargrad").attribute(z, 1), torch.zeros_like(z), rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        SmoothGrad(lin, nt_type="vargrad").attribute(z, 1), torch.zeros_like(z), rtol=0, atol=1e-6
+    )
     with pytest.raises(TypeError, match="generator"):
         sg.attribute(x, 0, generator=1)
 
@@ -356,7 +369,9 @@ def test_smoothgrad_generator_repeatable_and_noise_free_limit():
 # ----------------------------------------------------------------------------------------------
 # Integrated Gradients
 # ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"])
+@pytest.mark.parametrize(
+    "method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+)
 def test_quadrature_rules_integrate(method):
     alphas, weights = quadrature(method, 40)
     assert len(alphas) == len(weights) == 40
@@ -400,7 +415,10 @@ def test_ig_linear_exact_and_baselines():
 def test_ig_chunk_size_independent(method):
     model = small_cnn().eval()
     x = torch.rand(3, 3, 6, 6)
-    outs = [IntegratedGradients(model, n_steps=8, method=method, internal_batch_size=ibs).attribute(x, 2) for ibs in (1, 5, 8, 64, None)]
+    outs = [
+        IntegratedGradients(model, n_steps=8, method=method, internal_batch_size=ibs).attribute(x, 2)
+        for ibs in (1, 5, 8, 64, None)
+    ]
     for o in outs[1:]:
         torch.testing.assert_close(o, outs[0], rtol=1e-5, atol=1e-6)
 

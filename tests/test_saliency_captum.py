@@ -2,6 +2,7 @@
 
 Install: pip install "captum>=0.7" (the ``compare`` extra).
 """
+
 import pytest
 import torch
 from torch import nn
@@ -20,9 +21,20 @@ def mlp():
 
 def cnn():
     torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 5, 3, padding=1), nn.BatchNorm2d(5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(5, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 5)
-    ).double().eval()
+    return (
+        nn.Sequential(
+            nn.Conv2d(3, 5, 3, padding=1),
+            nn.BatchNorm2d(5),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(5, 6, 3),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(6 * 2 * 2, 5),
+        )
+        .double()
+        .eval()
+    )
 
 
 @pytest.fixture(params=["mlp", "cnn"])
@@ -52,7 +64,9 @@ def test_input_x_gradient_vs_captum(model_and_inputs, target):
     torch.testing.assert_close(ours, theirs)
 
 
-@pytest.mark.parametrize("method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"])
+@pytest.mark.parametrize(
+    "method", ["riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid", "gausslegendre"]
+)
 @pytest.mark.parametrize("n_steps", [7, 20])
 def test_integrated_gradients_vs_captum(model_and_inputs, method, n_steps):
     model, x = model_and_inputs

@@ -1,4 +1,5 @@
 """DANCE: every decoy satisfies its constraints; the map is the range over the decoy population."""
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +10,12 @@ from sdecor.saliency import DANCE, Gradient, InputXGradient, SmoothGrad
 def cnn():
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 7 * 7, 3)
+        nn.Conv2d(2, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(6 * 7 * 7, 3),
     ).eval()
 
 
@@ -139,6 +145,7 @@ def test_errors_and_cleanup():
         DANCE(model, "gradient", model[1], x_min=0.5).attribute(x, 0)
     with pytest.raises(ValueError, match="target"):
         DANCE(model, "gradient", model[1], n_steps=1).attribute(x, 5)
+
     class Unused(nn.Module):
         def __init__(self):
             super().__init__()

@@ -1,4 +1,5 @@
 """RectGrad / NoBiasRectGrad: the percentile rule by hand, the padding trick, hook hygiene."""
+
 import numpy as np
 import pytest
 import torch
@@ -65,8 +66,18 @@ def reference_rectgrad(x, w1, w2, w3, q):
 @pytest.mark.parametrize("q", [0, 30, 50, 75, 98])
 def test_two_layer_network_matches_written_out_backward(q):
     torch.manual_seed(0)
-    w1, w2, w3 = torch.randn(9, 4, dtype=torch.float64), torch.randn(11, 9, dtype=torch.float64), torch.randn(1, 11, dtype=torch.float64)
-    model = nn.Sequential(nn.Linear(4, 9, bias=False), nn.ReLU(), nn.Linear(9, 11, bias=False), nn.ReLU(inplace=True), nn.Linear(11, 1, bias=False)).double()
+    w1, w2, w3 = (
+        torch.randn(9, 4, dtype=torch.float64),
+        torch.randn(11, 9, dtype=torch.float64),
+        torch.randn(1, 11, dtype=torch.float64),
+    )
+    model = nn.Sequential(
+        nn.Linear(4, 9, bias=False),
+        nn.ReLU(),
+        nn.Linear(9, 11, bias=False),
+        nn.ReLU(inplace=True),
+        nn.Linear(11, 1, bias=False),
+    ).double()
     with torch.no_grad():
         model[0].weight.copy_(w1)
         model[2].weight.copy_(w2)
@@ -106,7 +117,14 @@ def test_relu_module_called_twice_is_rectified_each_time():
 
 def test_q_zero_percentile_keeps_more_than_default():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 3))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 36, 3),
+    )
     x = torch.rand(2, 3, 6, 6)
     sparse = NoBiasRectGrad(model).attribute(x, 0)
     dense = NoBiasRectGrad(model, q=0, padding_trick=False).attribute(x, 0)
@@ -230,7 +248,14 @@ def test_no_relu_module_is_a_clear_error():
 
 def test_inplace_and_plain_relu_agree_and_model_unchanged():
     torch.manual_seed(0)
-    plain = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+    plain = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64, 3),
+    )
     inplace = nn.Sequential(plain[0], nn.ReLU(inplace=True), plain[2], nn.ReLU(inplace=True), plain[4], plain[5])
     x = torch.rand(2, 3, 4, 4)
     torch.testing.assert_close(RectGrad(plain, q=70).attribute(x, 2), RectGrad(inplace, q=70).attribute(x, 2))

@@ -1,4 +1,5 @@
 """med-moco pieces: effective rank, linear probe, augmentations, patch correspondence, MoCo, `sdecor ssl`."""
+
 from __future__ import annotations
 
 import json
@@ -7,7 +8,14 @@ import math
 import pytest
 import torch
 
-from sdecor.ssl import SSLConfig, effective_rank, linear_probe, local_patch_contrastive_loss, mean_squared_correlation, train_moco
+from sdecor.ssl import (
+    SSLConfig,
+    effective_rank,
+    linear_probe,
+    local_patch_contrastive_loss,
+    mean_squared_correlation,
+    train_moco,
+)
 from sdecor.ssl.augment import AugmentConfig, apply_theta, augment
 from sdecor.ssl.moco import MoCo, corresponding_points, info_nce
 from sdecor.ssl.recipe import build_encoder, evaluate, format_table, run_comparison
@@ -169,7 +177,9 @@ def test_train_moco_settings_smoke(setting):
 def test_run_comparison_table():
     x, y = _tiny_data(n=40)
     cfg = SSLConfig(epochs=1, batch_size=16, queue_size=32, width=8, dim=16, hidden=32, local_weight=0.0)
-    report = run_comparison(cfg, settings=("plain", "decor"), seeds=(0, 1), data=(x[:32], y[:32], x[32:], y[32:]), log=None)
+    report = run_comparison(
+        cfg, settings=("plain", "decor"), seeds=(0, 1), data=(x[:32], y[:32], x[32:], y[32:]), log=None
+    )
     assert [r["setting"] for r in report["results"]].count("decor") == 2
     table = format_table(report)
     assert "decor" in table and "random init" in table and "+-" in table and "higher is better" in table
@@ -188,8 +198,29 @@ def _ssl_command(argv):
 
 
 def test_ssl_command(tmp_path, capsys):
-    rc = _ssl_command(["--epochs", "1", "--n-train", "64", "--n-test", "32", "--batch-size", "32", "--queue-size", "64",
-                       "--width", "8", "--settings", "plain,iternorm", "--out", str(tmp_path), "--quiet", "--device", "cpu"])
+    rc = _ssl_command(
+        [
+            "--epochs",
+            "1",
+            "--n-train",
+            "64",
+            "--n-test",
+            "32",
+            "--batch-size",
+            "32",
+            "--queue-size",
+            "64",
+            "--width",
+            "8",
+            "--settings",
+            "plain,iternorm",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "iternorm" in out and "probe acc" in out

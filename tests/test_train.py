@@ -1,4 +1,5 @@
 """sdecor.train: the loop, checkpoints, determinism, DDP."""
+
 import json
 import os
 import subprocess
@@ -61,8 +62,17 @@ def test_history_and_metrics():
         calls.append(1)
         return {"custom": 1.5}
 
-    h = fit(model, CrossEntropyObjective(), train, epochs=2, lr=0.05, eval_loader=test, eval_fn=eval_fn,
-            progress=False, schedule="cosine")
+    h = fit(
+        model,
+        CrossEntropyObjective(),
+        train,
+        epochs=2,
+        lr=0.05,
+        eval_loader=test,
+        eval_fn=eval_fn,
+        progress=False,
+        schedule="cosine",
+    )
     assert isinstance(h, History) and len(h) == 2 and len(calls) == 2
     rec = h.last
     for key in ("epoch", "loss", "ce", "train_acc", "lr", "time_s", "eval_acc", "custom"):
@@ -141,7 +151,11 @@ def test_save_load_user_model(tmp_path):
     other, meta = load_checkpoint(path, model=Net())
     assert torch.equal(other.fc.weight, net.fc.weight) and meta == {"note": "hi"}
     # a spec in meta is enough to rebuild a reference model
-    path2 = save_checkpoint(str(tmp_path / "m.pt"), build_model("resnet20", num_classes=3), {"model": {"name": "resnet20", "kwargs": {"num_classes": 3}}})
+    path2 = save_checkpoint(
+        str(tmp_path / "m.pt"),
+        build_model("resnet20", num_classes=3),
+        {"model": {"name": "resnet20", "kwargs": {"num_classes": 3}}},
+    )
     assert load_checkpoint(path2)[0].fc.out_features == 3
 
 
@@ -256,7 +270,15 @@ def test_ddp_two_process_gloo(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(script),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s0 = torch.load(tmp_path / "state0.pt", weights_only=True)

@@ -4,17 +4,28 @@ A suite is a module in :mod:`sdecor.benchmarks` with ``run(device, quick) -> lis
 :class:`Group` is one input setting with several implementations timed in the same run; the
 first implementation (or the one named ``baseline``) is the reference the ratios are against.
 """
+
 from __future__ import annotations
 
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-__all__ = ["Impl", "Group", "measure", "measure_interleaved", "paired_ratio", "pin_glibc_malloc", "pedantic", "Measurement", "synchronize"]
+__all__ = [
+    "Impl",
+    "Group",
+    "measure",
+    "measure_interleaved",
+    "paired_ratio",
+    "pin_glibc_malloc",
+    "pedantic",
+    "Measurement",
+    "synchronize",
+]
 
 
 @dataclass
@@ -95,8 +106,15 @@ def pin_glibc_malloc() -> str | None:
     return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB"
 
 
-def pedantic(benchmark, fn: Callable[[], object], device: torch.device, label: str, params: dict, rounds: int,
-             warmup_rounds: int = 0) -> None:
+def pedantic(
+    benchmark,
+    fn: Callable[[], object],
+    device: torch.device,
+    label: str,
+    params: dict,
+    rounds: int,
+    warmup_rounds: int = 0,
+) -> None:
     """Time ``fn`` with pytest-benchmark's ``benchmark`` fixture (the bench/test_bench_*.py files).
 
     One untimed call first (compilation, caches), then ``rounds`` timed calls, each followed by a
@@ -147,12 +165,23 @@ def _time_ms(fn: Callable[[], object], device: torch.device) -> float:
 
 def _summary(times: list[float], peak_mb: float | None) -> Measurement:
     ordered = sorted(times)
-    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 4 else [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
-    return Measurement(median_ms=statistics.median(ordered), iqr_ms=q[2] - q[0], peak_mb=peak_mb, iters=len(times),
-                       times_ms=tuple(times))
+    q = (
+        statistics.quantiles(ordered, n=4)
+        if len(ordered) >= 4
+        else [ordered[0], ordered[len(ordered) // 2], ordered[-1]]
+    )
+    return Measurement(
+        median_ms=statistics.median(ordered),
+        iqr_ms=q[2] - q[0],
+        peak_mb=peak_mb,
+        iters=len(times),
+        times_ms=tuple(times),
+    )
 
 
-def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 0.2, max_iters: int = 200, warmup: int = 2) -> Measurement:
+def measure(
+    fn: Callable[[], object], device: torch.device, min_time_s: float = 0.2, max_iters: int = 200, warmup: int = 2
+) -> Measurement:
     """Median and interquartile range of ``fn``'s wall time, and its peak extra memory on CUDA.
 
     Runs ``warmup`` untimed calls (compilation, autotuning, caches), then repeats until
@@ -202,7 +231,11 @@ def measure_interleaved(
     times: dict[str, list[float]] = {name: [] for name in live}
     start_all = time.perf_counter()
     rounds = 0
-    while live and rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start_all < min_time_s * len(live)):
+    while (
+        live
+        and rounds < max_rounds
+        and (rounds < min_rounds or time.perf_counter() - start_all < min_time_s * len(live))
+    ):
         names = list(live)
         shift = rounds % len(names)
         for name in names[shift:] + names[:shift]:

@@ -25,6 +25,7 @@ allocated before it, the returned gradient included (CUDA only). The ``bound MB`
 target for it: N*D + min(N, D)^2 elements of the input's dtype (:func:`bound_mb`); the eager
 reference's and the matmul floor's peaks stand beside it in the same table.
 """
+
 from __future__ import annotations
 
 import torch
@@ -147,8 +148,13 @@ def run(device: torch.device, quick: bool) -> list[Group]:
             groups.append(
                 Group(
                     suite=SUITE,
-                    params={"N": n, "D": d, "dtype": _DTYPE_NAMES[dtype], "route": "D" if n >= d else "N",
-                            "bound MB": round(bound_mb(n, d, dtype), 1)},
+                    params={
+                        "N": n,
+                        "D": d,
+                        "dtype": _DTYPE_NAMES[dtype],
+                        "route": "D" if n >= d else "N",
+                        "bound MB": round(bound_mb(n, d, dtype), 1),
+                    },
                     impls=impls,
                     baseline="reference",
                     skipped=skipped,

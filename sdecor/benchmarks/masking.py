@@ -30,13 +30,24 @@ Groups: images of 3 x 224 x 224 and 3 x 32 x 32, B in {32, 256}, saliency per pi
 about a minute): B = 32 (224 x 224 per element only at k = 10%) plus B = 256 at 32 x 32 per pixel.
 Goal (issue 3): on CPU, ``ours`` (cpp) at least 2x ``topk_scatter``.
 """
+
 from __future__ import annotations
 
 import torch
 
 from .common import Group, Impl
 
-__all__ = ["run", "SUITE", "FULL_SETTINGS", "QUICK_SETTINGS", "TARGET_SETTINGS", "topk_scatter", "sgt_loop", "copy_floor", "bytes_moved"]
+__all__ = [
+    "run",
+    "SUITE",
+    "FULL_SETTINGS",
+    "QUICK_SETTINGS",
+    "TARGET_SETTINGS",
+    "topk_scatter",
+    "sgt_loop",
+    "copy_floor",
+    "bytes_moved",
+]
 
 SUITE = "masking"
 # (B, H, W, saliency layout, k fraction); images have 3 channels
@@ -178,8 +189,14 @@ def run(device: torch.device, quick: bool, settings=None) -> list[Group]:
         groups.append(
             Group(
                 suite=SUITE,
-                params={"B": B, "image": f"3x{H}x{W}", "saliency": layout, "k": f"{int(frac * 100)}%", "backend": ours_backend,
-                        "MB moved": round(bytes_moved(x, saliency) / 1e6, 1)},
+                params={
+                    "B": B,
+                    "image": f"3x{H}x{W}",
+                    "saliency": layout,
+                    "k": f"{int(frac * 100)}%",
+                    "backend": ours_backend,
+                    "MB moved": round(bytes_moved(x, saliency) / 1e6, 1),
+                },
                 impls=impls,
                 baseline="topk_scatter",
                 floor="copy_floor",
@@ -196,7 +213,10 @@ def _cpu_time_table(settings, threads: int = 1, repeats: int = 5) -> str:
     import time
 
     torch.set_num_threads(threads)
-    lines = ["| B | image | saliency | k | backend | ours | topk_scatter | reference | sgt_loop |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| B | image | saliency | k | backend | ours | topk_scatter | reference | sgt_loop |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for group in run(torch.device("cpu"), quick=True, settings=settings):
         cells = {}
         for impl in group.impls:
@@ -210,7 +230,9 @@ def _cpu_time_table(settings, threads: int = 1, repeats: int = 5) -> str:
         base = cells["topk_scatter"]
         p = group.params
         row = [str(p["B"]), p["image"], p["saliency"], p["k"], p["backend"]]
-        row += [f"{cells[n]:.2f} ms ({base / cells[n]:.2f}x)" for n in ("ours", "topk_scatter", "reference", "sgt_loop")]
+        row += [
+            f"{cells[n]:.2f} ms ({base / cells[n]:.2f}x)" for n in ("ours", "topk_scatter", "reference", "sgt_loop")
+        ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 

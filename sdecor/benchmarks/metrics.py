@@ -22,6 +22,7 @@ it; 32-pixel steps; ``quick`` drops the equal-work pixel-flipping row and uses 4
 Baseline for the ratios: the Quantus implementation when importable, else the forward floor (or
 our implementation for the map-only metrics). Quantus runs are skipped with a reason otherwise.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -54,7 +55,7 @@ def _quantus():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import quantus  # noqa: F401
+            import quantus
         return quantus, None
     except Exception as exc:  # ImportError or a broken optional dependency
         return None, f"quantus not importable ({type(exc).__name__}: {str(exc)[:80]}); pip install the compare extra"
@@ -111,7 +112,9 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     def quantus_pf(a, softmax):
         q = quantus.PixelFlipping(features_in_step=step, perturb_baseline="black", disable_warnings=True)
         a_np = a.cpu().numpy()
-        return _quiet(lambda: q(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, softmax=softmax, device=qdev, batch_size=B))
+        return _quiet(
+            lambda: q(model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, softmax=softmax, device=qdev, batch_size=B)
+        )
 
     def with_quantus(impls, skipped, name, make):
         if quantus is None:
@@ -126,9 +129,21 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     ]
     skipped: dict = {}
     with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_pix, True))
-    groups.append(Group(SUITE, {"metric": "deletion", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} px (ours), {step} el (Quantus)",
-                                "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)"},
-                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
+    groups.append(
+        Group(
+            SUITE,
+            {
+                "metric": "deletion",
+                "batch": f"{B}x{C}x{H}x{W}",
+                "step": f"{step} px (ours), {step} el (Quantus)",
+                "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)",
+            },
+            impls,
+            "quantus PixelFlipping" if quantus else "forward floor",
+            skipped,
+            floor="forward floor",
+        )
+    )
 
     # ---- pixel flipping, per pixel (32-pixel steps)
     impls = [
@@ -137,21 +152,49 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     ]
     skipped = {}
     with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_pix, False))
-    groups.append(Group(SUITE, {"metric": "pixel_flipping", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} px (ours), {step} el (Quantus)",
-                                "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)"},
-                        impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
+    groups.append(
+        Group(
+            SUITE,
+            {
+                "metric": "pixel_flipping",
+                "batch": f"{B}x{C}x{H}x{W}",
+                "step": f"{step} px (ours), {step} el (Quantus)",
+                "evaluations": f"{pix_steps + 1} (ours), {el_steps} (Quantus)",
+            },
+            impls,
+            "quantus PixelFlipping" if quantus else "forward floor",
+            skipped,
+            floor="forward floor",
+        )
+    )
 
     # ---- pixel flipping, equal work: per element, exactly Quantus's perturbation sequence
-    impls = [] if quick else [
-        Impl("sdecor pixel_flipping", lambda: M.pixel_flipping(model, x, a_el, y, step=step, output="logit")),
-        Impl("forward floor", _floor(model, x, el_steps + 1)),
-    ]
+    impls = (
+        []
+        if quick
+        else [
+            Impl("sdecor pixel_flipping", lambda: M.pixel_flipping(model, x, a_el, y, step=step, output="logit")),
+            Impl("forward floor", _floor(model, x, el_steps + 1)),
+        ]
+    )
     if not quick:
         skipped = {}
         with_quantus(impls, skipped, "quantus PixelFlipping", lambda: quantus_pf(a_el, False))
-        groups.append(Group(SUITE, {"metric": "pixel_flipping (equal work)", "batch": f"{B}x{C}x{H}x{W}", "step": f"{step} el",
-                                    "evaluations": f"{el_steps + 1} (ours), {el_steps} (Quantus)"},
-                            impls, "quantus PixelFlipping" if quantus else "forward floor", skipped, floor="forward floor"))
+        groups.append(
+            Group(
+                SUITE,
+                {
+                    "metric": "pixel_flipping (equal work)",
+                    "batch": f"{B}x{C}x{H}x{W}",
+                    "step": f"{step} el",
+                    "evaluations": f"{el_steps + 1} (ours), {el_steps} (Quantus)",
+                },
+                impls,
+                "quantus PixelFlipping" if quantus else "forward floor",
+                skipped,
+                floor="forward floor",
+            )
+        )
 
     # ---- max-sensitivity: n draws of a gradient explanation
     n = 4 if quick else 10
@@ -159,7 +202,10 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     noisy = x.repeat(n + 1, 1, 1, 1)
     y_rep = y.repeat(n + 1)
     impls = [
-        Impl("sdecor max_sensitivity", lambda: M.max_sensitivity(model, x, y, _gradient_explain, n_samples=n, batch_size=n * B)),
+        Impl(
+            "sdecor max_sensitivity",
+            lambda: M.max_sensitivity(model, x, y, _gradient_explain, n_samples=n, batch_size=n * B),
+        ),
         Impl("explain floor", lambda: _gradient_explain(model, noisy, y_rep)),
     ]
     skipped = {}
@@ -168,21 +214,43 @@ def run(device: torch.device, quick: bool) -> list[Group]:
         q = quantus.MaxSensitivity(nr_samples=n, disable_warnings=True)
 
         def explain(model, inputs, targets, **kw):
-            t = _gradient_explain(model, torch.as_tensor(inputs, device=device), torch.as_tensor(targets, device=device).long())
+            t = _gradient_explain(
+                model, torch.as_tensor(inputs, device=device), torch.as_tensor(targets, device=device).long()
+            )
             return t.cpu().numpy()
 
-        return _quiet(lambda: q(model=model, x_batch=x_np, y_batch=y_np, explain_func=explain, device=qdev, batch_size=B))
+        return _quiet(
+            lambda: q(model=model, x_batch=x_np, y_batch=y_np, explain_func=explain, device=qdev, batch_size=B)
+        )
 
     with_quantus(impls, skipped, "quantus MaxSensitivity", make_qms)
-    groups.append(Group(SUITE, {"metric": "max_sensitivity", "batch": f"{B}x{C}x{H}x{W}", "step": "-", "evaluations": f"{n} draws + clean"},
-                        impls, "quantus MaxSensitivity" if quantus else "explain floor", skipped, floor="explain floor"))
+    groups.append(
+        Group(
+            SUITE,
+            {
+                "metric": "max_sensitivity",
+                "batch": f"{B}x{C}x{H}x{W}",
+                "step": "-",
+                "evaluations": f"{n} draws + clean",
+            },
+            impls,
+            "quantus MaxSensitivity" if quantus else "explain floor",
+            skipped,
+            floor="explain floor",
+        )
+    )
 
     # ---- map-only metrics
     a_np, s_np = a_pix.cpu().numpy(), masks.cpu().numpy().astype("float32")
     for name, ours, qname, qkw in (
         ("sparseness", lambda: M.sparseness(a_pix), "Sparseness", {}),
         ("complexity", lambda: M.complexity(a_pix), "Complexity", {}),
-        ("relevance_rank_accuracy", lambda: M.relevance_rank_accuracy(a_pix, masks), "RelevanceRankAccuracy", {"s_batch": s_np}),
+        (
+            "relevance_rank_accuracy",
+            lambda: M.relevance_rank_accuracy(a_pix, masks),
+            "RelevanceRankAccuracy",
+            {"s_batch": s_np},
+        ),
     ):
         impls = [Impl(f"sdecor {name}", ours)]
         skipped = {}
@@ -192,6 +260,13 @@ def run(device: torch.device, quick: bool) -> list[Group]:
             return _quiet(lambda: q(model=None, x_batch=x_np, y_batch=y_np, a_batch=a_np.copy(), **qkw))
 
         with_quantus(impls, skipped, f"quantus {qname}", make_q)
-        groups.append(Group(SUITE, {"metric": name, "batch": f"{B}x1x{H}x{W}", "step": "-", "evaluations": "-"},
-                            impls, f"quantus {qname}" if quantus else f"sdecor {name}", skipped))
+        groups.append(
+            Group(
+                SUITE,
+                {"metric": name, "batch": f"{B}x1x{H}x{W}", "step": "-", "evaluations": "-"},
+                impls,
+                f"quantus {qname}" if quantus else f"sdecor {name}",
+                skipped,
+            )
+        )
     return groups

@@ -8,6 +8,7 @@ machine whose speed drifts. ``speedup`` is baseline time / impl time
 (> 1 means faster than the baseline); ``peak MB`` is the peak memory above what was allocated
 before the call (CUDA only; CPU allocations are not tracked and print as ``-``).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -45,7 +46,9 @@ def _environment(device: torch.device, command: str) -> dict:
         triton_version = None
     return {
         "device": device_slug(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine()),
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "triton": triton_version,
@@ -76,7 +79,13 @@ def _measure_group(group: Group, device: torch.device, progress) -> dict:
             results[name]["speedup"] = paired_ratio(base, m)
         if floor is not None:
             results[name]["vs_floor"] = paired_ratio(m, floor)
-    record = {"suite": group.suite, "params": group.params, "baseline": group.baseline, "impls": results, "skipped": dict(group.skipped)}
+    record = {
+        "suite": group.suite,
+        "params": group.params,
+        "baseline": group.baseline,
+        "impls": results,
+        "skipped": dict(group.skipped),
+    }
     if group.floor:
         record["floor"] = group.floor
     return record
@@ -134,7 +143,11 @@ def format_markdown(env: dict, records: list[dict]) -> str:
         "time / the time of the setting's floor (the unavoidable work alone), where a suite has one. "
         "All rows of one setting are measured in the same run, in alternating rounds, and each ratio is "
         "the median over rounds of the times of the same round; "
-        + ("peak MB = peak memory above what was allocated before the call." if is_cuda else "peak memory is measured on CUDA only."),
+        + (
+            "peak MB = peak memory above what was allocated before the call."
+            if is_cuda
+            else "peak memory is measured on CUDA only."
+        ),
     ]
     for suite in dict.fromkeys(r["suite"] for r in records):
         rows = [r for r in records if r["suite"] == suite]
@@ -151,7 +164,7 @@ def format_markdown(env: dict, records: list[dict]) -> str:
                 if name == r.get("floor"):
                     label += " (floor)"
                 lines.append("| " + " | ".join(setting + [label] + _fmt_row(result, is_cuda, with_floor)) + " |")
-            for name, why in r["skipped"].items():
+            for name in r["skipped"]:
                 lines.append("| " + " | ".join(setting + [name, "skipped"] + ["-"] * (len(headers) - 2)) + " |")
         reasons = {k: v for r in rows for k, v in r["skipped"].items()}
         for k, v in reasons.items():
@@ -159,7 +172,14 @@ def format_markdown(env: dict, records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(suites=SUITES, device: str | None = None, quick: bool | None = None, out: str | os.PathLike | None = "bench/results", command: str | None = None, progress: bool = True) -> int:
+def main(
+    suites=SUITES,
+    device: str | None = None,
+    quick: bool | None = None,
+    out: str | os.PathLike | None = "bench/results",
+    command: str | None = None,
+    progress: bool = True,
+) -> int:
     """Measure ``suites`` on ``device`` (default: cuda if available, else cpu), print, save."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -177,7 +197,9 @@ def main(suites=SUITES, device: str | None = None, quick: bool | None = None, ou
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         stem = env["device"] + ("-quick" if quick else "")
-        (out / f"{stem}.json").write_text(json.dumps({"environment": env, "quick": quick, "results": records}, indent=1))
+        (out / f"{stem}.json").write_text(
+            json.dumps({"environment": env, "quick": quick, "results": records}, indent=1)
+        )
         (out / f"{stem}.md").write_text(text)
         print(f"saved {out / (stem + '.json')} and {out / (stem + '.md')}")
     return 0

@@ -32,6 +32,7 @@ settings, so that a time limit that kills a long suite loses only that slice; th
 script ``scripts/gpu_validate.sh`` runs the suites this way). ``python bench/targets.py --help``
 is the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -159,7 +160,11 @@ def _target1(results, verdict) -> list[Row]:
         for dtype in DTYPES:
             rec = _find(results, "decorrelation", N=n, D=d, dtype=dtype)
             setting = f"N={n} D={d} {dtype}"
-            (t, t_why), (ref, ref_why), (comp, comp_why) = _ms(rec, "triton"), _ms(rec, "reference"), _ms(rec, "compiled")
+            (t, t_why), (ref, ref_why), (comp, comp_why) = (
+                _ms(rec, "triton"),
+                _ms(rec, "reference"),
+                _ms(rec, "compiled"),
+            )
             for check, other, other_why, need, label in (
                 ("triton vs eager reference", ref, ref_why, SPEEDUP_VS_REFERENCE, "reference"),
                 ("triton vs torch.compile(reference)", comp, comp_why, SPEEDUP_VS_COMPILED, "compiled"),
@@ -167,12 +172,15 @@ def _target1(results, verdict) -> list[Row]:
                 required = f">= {need:g}x faster"
                 context = f"reference {_fmt_ms(ref)}, compiled {_fmt_ms(comp)}"
                 if t is None or other is None:
-                    rows.append(Row(1, check, setting, "-", required, context, "NOT RUN", _why((t, t_why), (other, other_why))))
+                    rows.append(
+                        Row(1, check, setting, "-", required, context, "NOT RUN", _why((t, t_why), (other, other_why)))
+                    )
                     continue
                 ratio = other / t
                 goal = other / need
                 status, note = verdict(
-                    ratio >= need, f"triton must reach {goal:.3f} ms ({t / goal:.2f}x faster than its {t:.3f} ms) to be {need:g}x {label}"
+                    ratio >= need,
+                    f"triton must reach {goal:.3f} ms ({t / goal:.2f}x faster than its {t:.3f} ms) to be {need:g}x {label}",
                 )
                 rows.append(Row(1, check, setting, f"{ratio:.2f}x ({t:.3f} ms)", required, context, status, note))
     return rows
@@ -194,7 +202,9 @@ def _target2(results, verdict) -> list[Row]:
                 continue
             ratio = t / floor
             goal = FLOOR_RATIO * floor
-            status, note = verdict(ratio <= FLOOR_RATIO, f"triton must reach {goal:.3f} ms ({t / goal:.2f}x faster than its {t:.3f} ms)")
+            status, note = verdict(
+                ratio <= FLOOR_RATIO, f"triton must reach {goal:.3f} ms ({t / goal:.2f}x faster than its {t:.3f} ms)"
+            )
             rows.append(Row(2, check, setting, f"{ratio:.2f}x floor ({t:.3f} ms)", required, context, status, note))
     return rows
 
@@ -222,7 +232,9 @@ def _target3(results, verdict) -> list[Row]:
                 rows.append(Row(3, check, setting, "-", required, context, "NOT RUN", why))
                 continue
             if peak is None:
-                rows.append(Row(3, check, setting, "-", required, context, "NOT RUN", "peak memory is measured on CUDA only"))
+                rows.append(
+                    Row(3, check, setting, "-", required, context, "NOT RUN", "peak memory is measured on CUDA only")
+                )
                 continue
             status, note = verdict(peak <= bound, f"{peak - bound:.1f} MB over the bound ({peak / bound:.2f}x it)")
             rows.append(Row(3, check, setting, f"{peak:.1f} MB", required, context, status, note))
@@ -242,10 +254,32 @@ def _target3(results, verdict) -> list[Row]:
             worst = (peak / bound, f"N={p['N']} D={p['D']} {p['dtype']}")
     check = "triton peak within the bound, every measured size"
     if measured == 0:
-        rows.append(Row(3, check, "all sizes", "-", "all within", "", "NOT RUN", "no triton peak memory in the results (CUDA only)"))
+        rows.append(
+            Row(
+                3,
+                check,
+                "all sizes",
+                "-",
+                "all within",
+                "",
+                "NOT RUN",
+                "no triton peak memory in the results (CUDA only)",
+            )
+        )
     else:
         status, note = verdict(within == measured, f"worst: {worst[1]} at {worst[0]:.2f}x the bound")
-        rows.append(Row(3, check, "all sizes", f"{within} of {measured} within", "all within", f"worst {worst[0]:.2f}x bound ({worst[1]})", status, note))
+        rows.append(
+            Row(
+                3,
+                check,
+                "all sizes",
+                f"{within} of {measured} within",
+                "all within",
+                f"worst {worst[0]:.2f}x bound ({worst[1]})",
+                status,
+                note,
+            )
+        )
     return rows
 
 
@@ -264,19 +298,29 @@ def _mb_moved(rec: dict) -> float | None:
 def _target4(results, verdict, on_gpu: bool) -> list[Row]:
     rec = _find(results, "masking", **T4_SETTING)
     setting = "B=256 3x224x224 pixel k=50%"
-    (ours, o_why), (ref, r_why), (topk, _), (floor, f_why) = (_ms(rec, n) for n in ("ours", "reference", "topk_scatter", "copy_floor"))
+    (ours, o_why), (ref, r_why), (topk, _), (floor, f_why) = (
+        _ms(rec, n) for n in ("ours", "reference", "topk_scatter", "copy_floor")
+    )
     backend = (rec or {}).get("params", {}).get("backend")
     if rec is not None and on_gpu and backend != "cuda":
-        verdict = _Verdict(verdict.judge_note or f"ours ran the {backend!r} backend, not the CUDA kernels (extension built without SDECOR_BUILD_CUDA=1?)")
+        verdict = _Verdict(
+            verdict.judge_note
+            or f"ours ran the {backend!r} backend, not the CUDA kernels (extension built without SDECOR_BUILD_CUDA=1?)"
+        )
     rows = []
     required = f">= {MASK_SPEEDUP:g}x faster"
-    context = f"reference {_fmt_ms(ref)}, topk_scatter {_fmt_ms(topk)}" + (f" ({topk / ours:.2f}x)" if topk and ours else "")
+    context = f"reference {_fmt_ms(ref)}, topk_scatter {_fmt_ms(topk)}" + (
+        f" ({topk / ours:.2f}x)" if topk and ours else ""
+    )
     check = "ours vs pure-torch reference"
     if ours is None or ref is None:
         rows.append(Row(4, check, setting, "-", required, context, "NOT RUN", _why((ours, o_why), (ref, r_why))))
     else:
         goal = ref / MASK_SPEEDUP
-        status, note = verdict(ref / ours >= MASK_SPEEDUP, f"ours must reach {goal:.3f} ms ({ours / goal:.2f}x faster than its {ours:.3f} ms)")
+        status, note = verdict(
+            ref / ours >= MASK_SPEEDUP,
+            f"ours must reach {goal:.3f} ms ({ours / goal:.2f}x faster than its {ours:.3f} ms)",
+        )
         rows.append(Row(4, check, setting, f"{ref / ours:.2f}x ({ours:.3f} ms)", required, context, status, note))
     check = "ours GB/s vs copy_floor GB/s (bytes that must move)"
     required = f">= {BANDWIDTH_FRACTION:.0%} of copy_floor"
@@ -288,8 +332,13 @@ def _target4(results, verdict, on_gpu: bool) -> list[Row]:
         gbs, floor_gbs = mb / ours, mb / floor
         context = f"copy_floor {floor_gbs:.0f} GB/s ({floor:.3f} ms for {mb:.1f} MB)"
         goal = floor / BANDWIDTH_FRACTION
-        status, note = verdict(gbs >= BANDWIDTH_FRACTION * floor_gbs, f"ours must reach {goal:.3f} ms ({ours / goal:.2f}x faster than its {ours:.3f} ms)")
-        rows.append(Row(4, check, setting, f"{gbs:.0f} GB/s = {gbs / floor_gbs:.0%} of floor", required, context, status, note))
+        status, note = verdict(
+            gbs >= BANDWIDTH_FRACTION * floor_gbs,
+            f"ours must reach {goal:.3f} ms ({ours / goal:.2f}x faster than its {ours:.3f} ms)",
+        )
+        rows.append(
+            Row(4, check, setting, f"{gbs:.0f} GB/s = {gbs / floor_gbs:.0%} of floor", required, context, status, note)
+        )
     return rows
 
 
@@ -299,7 +348,10 @@ def _target5(results, verdict) -> list[Row]:
         rec = _find(results, "train")
         if rec is not None:
             p = rec.get("params", {})
-            verdict = _Verdict(verdict.judge_note or f"measured at B={p.get('B')} amp={p.get('amp')}; the target is B=256 with bf16 AMP")
+            verdict = _Verdict(
+                verdict.judge_note
+                or f"measured at B={p.get('B')} amp={p.get('amp')}; the target is B=256 with bf16 AMP"
+            )
     p = (rec or {}).get("params", {})
     setting = f"resnet20 B={p.get('B', 256)} {p.get('image', '3x32x32')} amp={p.get('amp', 'bf16')}"
     (std, s_why), (sd, d_why), (sal, _), (mask, m_why), (decor, c_why) = (
@@ -313,16 +365,24 @@ def _target5(results, verdict) -> list[Row]:
         rows.append(Row(5, check, setting, "-", required, context, "NOT RUN", _why((std, s_why), (sd, d_why))))
     else:
         goal = TRAIN_RATIO * std
-        status, note = verdict(sd / std <= TRAIN_RATIO, f"the saliencydecor step must reach {goal:.3f} ms ({sd / goal:.2f}x faster than its {sd:.3f} ms)")
+        status, note = verdict(
+            sd / std <= TRAIN_RATIO,
+            f"the saliencydecor step must reach {goal:.3f} ms ({sd / goal:.2f}x faster than its {sd:.3f} ms)",
+        )
         rows.append(Row(5, check, setting, f"{sd / std:.2f}x ({sd:.3f} ms)", required, context, status, note))
     check = "mask_features + decorrelation share of the step"
     required = f"< {PARTS_FRACTION:.0%} of the step"
     if sd is None or mask is None or decor is None:
-        rows.append(Row(5, check, setting, "-", required, "", "NOT RUN", _why((sd, d_why), (mask, m_why), (decor, c_why))))
+        rows.append(
+            Row(5, check, setting, "-", required, "", "NOT RUN", _why((sd, d_why), (mask, m_why), (decor, c_why)))
+        )
     else:
         share = (mask + decor) / sd
         context = f"mask_features {mask:.3f} ms + decorrelation {decor:.3f} ms of {sd:.3f} ms"
-        status, note = verdict(share < PARTS_FRACTION, f"the two parts must drop from {mask + decor:.3f} ms to under {PARTS_FRACTION * sd:.3f} ms")
+        status, note = verdict(
+            share < PARTS_FRACTION,
+            f"the two parts must drop from {mask + decor:.3f} ms to under {PARTS_FRACTION * sd:.3f} ms",
+        )
         rows.append(Row(5, check, setting, f"{share:.1%}", required, context, status, note))
     return rows
 
@@ -332,12 +392,20 @@ def evaluate(data: dict) -> list[Row]:
     if not isinstance(data, dict):
         raise TypeError(f"data must be a dict (a parsed benchmark results JSON), got {type(data).__name__}")
     if not isinstance(data.get("results"), list):
-        raise ValueError("data must be a benchmark results JSON: a dict with a 'results' list (see sdecor.benchmarks.runner)")
+        raise ValueError(
+            "data must be a benchmark results JSON: a dict with a 'results' list (see sdecor.benchmarks.runner)"
+        )
     env = data.get("environment", {})
     on_gpu = env.get("device", "cpu") != "cpu"
     verdict = _Verdict("" if on_gpu else f"measured on {env.get('device', 'cpu')}; the targets are for a CUDA GPU")
     results = data["results"]
-    return _target1(results, verdict) + _target2(results, verdict) + _target3(results, verdict) + _target4(results, verdict, on_gpu) + _target5(results, verdict)
+    return (
+        _target1(results, verdict)
+        + _target2(results, verdict)
+        + _target3(results, verdict)
+        + _target4(results, verdict, on_gpu)
+        + _target5(results, verdict)
+    )
 
 
 def summary(rows: list[Row]) -> dict[int, str]:
@@ -369,10 +437,18 @@ def format_targets(data: dict, rows: list[Row] | None = None, source: str | None
     lines += ["| target | status |", "|---|---|"]
     for target, status in summary(rows).items():
         lines.append(f"| {target}. {TARGETS[target]} | {status} |")
-    lines += ["", "| # | check | setting | measured | required | floor / context | status |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| # | check | setting | measured | required | floor / context | status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         status = f"**{r.status}**" if r.status == "FAIL" else r.status
-        lines.append("| " + " | ".join(_cell(c) for c in (r.target, r.check, r.setting, r.measured, r.required, r.context, status)) + " |")
+        lines.append(
+            "| "
+            + " | ".join(_cell(c) for c in (r.target, r.check, r.setting, r.measured, r.required, r.context, status))
+            + " |"
+        )
     fails = [r for r in rows if r.status == "FAIL"]
     not_run = [r for r in rows if r.status == "NOT RUN"]
     if fails:
@@ -425,7 +501,12 @@ def merge(datas: list[dict]) -> dict:
     commands = list(dict.fromkeys(e.get("command", "?") for e in envs))
     if len(commands) > 1:
         env["command"] = "merged: " + "; ".join(commands)
-    return {"environment": env, "environments": envs, "quick": any(d.get("quick") for d in datas), "results": list(records.values())}
+    return {
+        "environment": env,
+        "environments": envs,
+        "quick": any(d.get("quick") for d in datas),
+        "results": list(records.values()),
+    }
 
 
 def merge_files(paths, out) -> Path:
@@ -499,8 +580,15 @@ def suite_part(suite: str, part: int = 1, parts: int = 1):
             setattr(module, name, items)
 
 
-def run_suite(suite: str, device: str | None = None, quick: bool | None = None, out="bench/results", part: int = 1, parts: int = 1,
-              progress: bool = False) -> Path:
+def run_suite(
+    suite: str,
+    device: str | None = None,
+    quick: bool | None = None,
+    out="bench/results",
+    part: int = 1,
+    parts: int = 1,
+    progress: bool = False,
+) -> Path:
     """Run one suite (or the ``part``-th of ``parts`` slices of its settings) through the runner;
     writes ``<out>/<device>[-quick].json`` and ``.md`` and returns the JSON's path."""
     import torch
@@ -512,13 +600,19 @@ def run_suite(suite: str, device: str | None = None, quick: bool | None = None, 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if quick is None:
         quick = dev.type != "cuda"
-    command = f"bench/targets.py --suite {suite}" + (f" --part {part}/{parts}" if parts > 1 else "") + (" --quick" if quick else "")
+    command = (
+        f"bench/targets.py --suite {suite}"
+        + (f" --part {part}/{parts}" if parts > 1 else "")
+        + (" --quick" if quick else "")
+    )
     with suite_part(suite, part, parts):
         runner.main(suites=(suite,), device=str(dev), quick=quick, out=out, command=command, progress=progress)
     return Path(out) / f"{runner.device_slug(dev)}{'-quick' if quick else ''}.json"
 
 
-def run_targets(device: str | None = None, quick: bool | None = None, out="bench/results/targets", progress: bool = False) -> Path:
+def run_targets(
+    device: str | None = None, quick: bool | None = None, out="bench/results/targets", progress: bool = False
+) -> Path:
     """Measure only the target settings (decorrelation, masking, train) through the runner and
     write ``<out>/<device>[-quick].json`` and ``.md``; returns the JSON's path."""
     import torch
@@ -529,8 +623,14 @@ def run_targets(device: str | None = None, quick: bool | None = None, out="bench
     if quick is None:
         quick = dev.type != "cuda"
     with target_settings():
-        runner.main(suites=("decorrelation", "masking", "train"), device=str(dev), quick=quick, out=out,
-                    command="bench/targets.py --run" + (" --quick" if quick else ""), progress=progress)
+        runner.main(
+            suites=("decorrelation", "masking", "train"),
+            device=str(dev),
+            quick=quick,
+            out=out,
+            command="bench/targets.py --run" + (" --quick" if quick else ""),
+            progress=progress,
+        )
     return Path(out) / f"{runner.device_slug(dev)}{'-quick' if quick else ''}.json"
 
 
@@ -540,14 +640,35 @@ def main(argv: list[str] | None = None) -> int:
         description="Check issue 7's GPU targets against benchmark results: print a Markdown table and write <stem>-targets.md beside the JSON.",
     )
     parser.add_argument("results", nargs="*", help="results JSON(s) written by bench/run.py (several: give --merge)")
-    parser.add_argument("--merge", metavar="OUT.json", help="merge the results JSONs (later ones win per setting) into OUT.json (+ .md), then check it")
-    parser.add_argument("--run", action="store_true", help="first measure only the target settings (decorrelation, masking, train), then check")
-    parser.add_argument("--out", default="bench/results/targets", help="folder for the results of --run and --suite (default: bench/results/targets)")
+    parser.add_argument(
+        "--merge",
+        metavar="OUT.json",
+        help="merge the results JSONs (later ones win per setting) into OUT.json (+ .md), then check it",
+    )
+    parser.add_argument(
+        "--run",
+        action="store_true",
+        help="first measure only the target settings (decorrelation, masking, train), then check",
+    )
+    parser.add_argument(
+        "--out",
+        default="bench/results/targets",
+        help="folder for the results of --run and --suite (default: bench/results/targets)",
+    )
     parser.add_argument("--device", default=None, help="--run: cuda or cpu (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="--run: small stand-in settings (for a CPU dry run)")
-    parser.add_argument("--suite", help="only run this suite through the runner into --out (with --part: a slice of its settings), no check")
-    parser.add_argument("--part", default="1/1", help="--suite: I/K runs the I-th of K contiguous slices of the suite's settings (decorrelation, masking)")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target FAILs (default: 0 whatever the verdicts)")
+    parser.add_argument(
+        "--suite",
+        help="only run this suite through the runner into --out (with --part: a slice of its settings), no check",
+    )
+    parser.add_argument(
+        "--part",
+        default="1/1",
+        help="--suite: I/K runs the I-th of K contiguous slices of the suite's settings (decorrelation, masking)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target FAILs (default: 0 whatever the verdicts)"
+    )
     args = parser.parse_args(argv)
     quick = True if args.quick else None
     if args.suite:

@@ -29,6 +29,7 @@ On CUDA: batch 256 under ``torch.autocast(dtype=bfloat16)`` (as ``sdecor.train.f
 ``quick`` (a few seconds) and 256 otherwise. Target on an H100 (issue 7): ``saliencydecor``
 <= 2.5x ``standard``, and the two parts above together < 10% of ``saliencydecor``.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -56,6 +56,7 @@ Adopting a winner: ``CONFIG_OVERRIDE`` applies one override to every shape, so i
 run at one setting; :func:`tuned_select_config` installs each setting's winner for its own shape
 at run time; for good, ``select_config`` is edited (see docs/gpu_validation.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -121,12 +122,25 @@ MIN_SETTING_S = 5.0  # a GPU setting is not started with less time left (referen
 
 #: the grid of each part (``stages``: num_stages, shared by the Gram and gradient dot kernels)
 SPACE = {
-    "gram": {"gram_block": (32, 64, 128), "gram_block_r": (16, 32, 64, 128), "gram_warps": (4, 8),
-             "gram_split": (AUTO, 1, 2, 4, 8, 16, 32)},
-    "grad:D": {"grad_block_m": (64, 128, 256), "grad_block_n": (64, 128, 256), "grad_block_j": (16, 32, 64),
-               "grad_warps": (4, 8)},
-    "grad:N": {"grad_block_m": (32, 64, 128), "grad_block_n": (32, 64, 128, 256), "grad_block_j": (16, 32, 64),
-               "grad_warps": (4, 8), "kz_row_loop": (True, False)},
+    "gram": {
+        "gram_block": (32, 64, 128),
+        "gram_block_r": (16, 32, 64, 128),
+        "gram_warps": (4, 8),
+        "gram_split": (AUTO, 1, 2, 4, 8, 16, 32),
+    },
+    "grad:D": {
+        "grad_block_m": (64, 128, 256),
+        "grad_block_n": (64, 128, 256),
+        "grad_block_j": (16, 32, 64),
+        "grad_warps": (4, 8),
+    },
+    "grad:N": {
+        "grad_block_m": (32, 64, 128),
+        "grad_block_n": (32, 64, 128, 256),
+        "grad_block_j": (16, 32, 64),
+        "grad_warps": (4, 8),
+        "kz_row_loop": (True, False),
+    },
     "stats": {"stats_block_k": (32, 64, 128), "stats_block_c": (32, 64, 128), "stats_split": (AUTO, 1, 2, 8)},
     "stages": {"num_stages": (2, 3, 4)},
 }
@@ -309,8 +323,16 @@ def launch_plan(setting: Setting, override: dict | None = None, sm_count: int = 
     def record(name, fn, grid, args, kwargs):
         ints = {a: v for a, v in zip(_arg_names(fn), args) if isinstance(v, int) and not isinstance(v, bool)}
         consts = {k: _plain(v) for k, v in kwargs.items() if k not in ("num_warps", "num_stages")}
-        plan.append({"kernel": name, "grid": [int(g) for g in grid], "num_warps": kwargs.get("num_warps"),
-                     "num_stages": kwargs.get("num_stages"), "constexprs": consts, "ints": ints})
+        plan.append(
+            {
+                "kernel": name,
+                "grid": [int(g) for g in grid],
+                "num_warps": kwargs.get("num_warps"),
+                "num_stages": kwargs.get("num_stages"),
+                "constexprs": consts,
+                "ints": ints,
+            }
+        )
 
     _run_host(setting, K, sm_count, dict(override or {}), record)
     return plan
@@ -358,12 +380,17 @@ def predicted_us(setting: Setting, plan: list[dict], sm_count: int = DEFAULT_SM_
             per = dot_us(c["BLOCK_M"] * c["BLOCK_N"] * d, c["BLOCK_M"], c["BLOCK_N"], d / c["BLOCK_J"])
         elif k == "_kz_kernel":
             rows = n if c["ROW_LOOP"] else c["BLOCK_M"]
-            per = dot_us(rows * c["BLOCK_F"] * n, min(c["BLOCK_M"], n), c["BLOCK_F"], (rows / c["BLOCK_M"]) * (n / c["BLOCK_L"]))
+            per = dot_us(
+                rows * c["BLOCK_F"] * n, min(c["BLOCK_M"], n), c["BLOCK_F"], (rows / c["BLOCK_M"]) * (n / c["BLOCK_L"])
+            )
             if c["ROW_LOOP"]:  # second pass over its columns of the gradient
                 per += 3 * rows * c["BLOCK_F"] * elt / _BYTES_PER_US_PER_SM
         else:
-            moved = {"_col_stats_kernel": 2 * n * d * elt, "_gram_finish_kernel": 8 * L * L,
-                     "_finish_n_kernel": 3 * n * d * elt}.get(k, 0)
+            moved = {
+                "_col_stats_kernel": 2 * n * d * elt,
+                "_gram_finish_kernel": 8 * L * L,
+                "_finish_n_kernel": 3 * n * d * elt,
+            }.get(k, 0)
             per = moved / max(programs, 1) / _BYTES_PER_US_PER_SM
         total += _LAUNCH_US + waves * per
     return total
@@ -373,7 +400,9 @@ def _plan_key(plan: list[dict]) -> str:
     return json.dumps(plan, sort_keys=True)
 
 
-def generate_candidates(setting: Setting, sm_count: int = DEFAULT_SM_COUNT, max_per_part: dict | None = None) -> list[Candidate]:
+def generate_candidates(
+    setting: Setting, sm_count: int = DEFAULT_SM_COUNT, max_per_part: dict | None = None
+) -> list[Candidate]:
     """Every part's candidates for ``setting`` (see the module doc): overrides of one part's keys,
     distinct launch plans only, each part's single-key changes first and then the rest by
     :func:`predicted_us`, at most ``max_per_part[part]`` per part (:data:`MAX_PER_PART`)."""
@@ -480,7 +509,9 @@ def _resource_usage(kernel) -> dict:
         with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
             f.write(cubin)
             f.flush()
-            text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60, check=False).stdout
+            text = subprocess.run(
+                [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=60, check=False
+            ).stdout
         for field_, value in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text):
             usage[field_.lower()] = int(value)
     if h is not None:
@@ -504,34 +535,57 @@ def _compile_task(setting: tuple, override: dict) -> dict:
             compiled = fn.run(*args, grid=grid, warmup=True, **kwargs)
             entry.update(_resource_usage(compiled))
         except Exception as exc:  # out of resources, ptxas or MLIR failure: a rejected candidate
-            entry["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            entry["error"] = (
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+            )
         kernels.append(entry)
 
     try:
         _run_host(s, K, sm_count, dict(override), compile_one)
     except Exception as exc:
-        return {"ok": False, "reason": f"host: {type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0, "kernels": kernels}
+        return {
+            "ok": False,
+            "reason": f"host: {type(exc).__name__}: {exc}",
+            "seconds": time.perf_counter() - t0,
+            "kernels": kernels,
+        }
     reasons = []
     for e in kernels:
         if "error" in e:
             reasons.append(f"{e['kernel']} does not compile ({e['error']})")
         elif e.get("stack", 0) or e.get("local", 0):
-            reasons.append(f"{e['kernel']} spills ({e.get('stack', 0)} B stack, {e.get('local', 0)} B local, {e.get('reg', '?')} regs)")
+            reasons.append(
+                f"{e['kernel']} spills ({e.get('stack', 0)} B stack, {e.get('local', 0)} B local, {e.get('reg', '?')} regs)"
+            )
         elif e.get("shared", 0) > MAX_SHARED_SM90:
             reasons.append(f"{e['kernel']} needs {e['shared']} B of shared memory (sm_90: {MAX_SHARED_SM90})")
-    return {"ok": not reasons, "reason": "; ".join(dict.fromkeys(reasons)), "seconds": time.perf_counter() - t0, "kernels": kernels}
+    return {
+        "ok": not reasons,
+        "reason": "; ".join(dict.fromkeys(reasons)),
+        "seconds": time.perf_counter() - t0,
+        "kernels": kernels,
+    }
 
 
 def _spawn_pool(workers: int, target: tuple, sm_count: int):
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
-                               initargs=(tuple(target), int(sm_count)))
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(tuple(target), int(sm_count)),
+    )
 
 
-def check_candidates(jobs: list[tuple[Setting, Candidate]], workers: int = 2, target: tuple = DEFAULT_TARGET,
-                     sm_count: int = DEFAULT_SM_COUNT, progress: Callable[[str], None] | None = None) -> list[dict]:
+def check_candidates(
+    jobs: list[tuple[Setting, Candidate]],
+    workers: int = 2,
+    target: tuple = DEFAULT_TARGET,
+    sm_count: int = DEFAULT_SM_COUNT,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict]:
     """Compile each (setting, candidate)'s kernels for ``target`` (default sm_90) in ``workers``
     spawned processes (no GPU, no interpreter) and return :func:`_compile_task`'s report per job,
     in order. A worker that dies marks its jobs as failed compile checks."""
@@ -548,15 +602,26 @@ def check_candidates(jobs: list[tuple[Setting, Candidate]], workers: int = 2, ta
             try:
                 reports[i] = fut.result()
             except Exception as exc:
-                reports[i] = {"ok": False, "reason": f"compile worker failed: {type(exc).__name__}: {exc}", "kernels": []}
+                reports[i] = {
+                    "ok": False,
+                    "reason": f"compile worker failed: {type(exc).__name__}: {exc}",
+                    "kernels": [],
+                }
             done += 1
             if progress and (done % 25 == 0 or done == len(jobs)):
                 progress(f"compiled {done}/{len(jobs)}")
     return reports
 
 
-def prune(settings: list[Setting] | None = None, workers: int = 2, sm_count: int = DEFAULT_SM_COUNT, target: tuple = DEFAULT_TARGET,
-          max_per_part: dict | None = None, out: str | os.PathLike | None = DATA_PATH, progress: Callable[[str], None] | None = print) -> dict:
+def prune(
+    settings: list[Setting] | None = None,
+    workers: int = 2,
+    sm_count: int = DEFAULT_SM_COUNT,
+    target: tuple = DEFAULT_TARGET,
+    max_per_part: dict | None = None,
+    out: str | os.PathLike | None = DATA_PATH,
+    progress: Callable[[str], None] | None = print,
+) -> dict:
     """Generate every setting's candidates, compile them for ``target`` and keep those that
     compile without spills; returns the data (and writes it to ``out`` unless None)."""
     import triton
@@ -571,12 +636,15 @@ def prune(settings: list[Setting] | None = None, workers: int = 2, sm_count: int
     reports = check_candidates(jobs, workers, target, sm_count, progress)
     data: dict = {
         "about": "decorrelation kernel tuning candidates that compile for sm_90 without register spills "
-                 "(sdecor.benchmarks.tuning.prune); the sweep tries them in this order",
-        "triton": triton.__version__, "target": list(target), "sm_count": sm_count,
+        "(sdecor.benchmarks.tuning.prune); the sweep tries them in this order",
+        "triton": triton.__version__,
+        "target": list(target),
+        "sm_count": sm_count,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "space": {p: {k: list(v) for k, v in sp.items()} for p, sp in SPACE.items()},
         "max_per_part": {**MAX_PER_PART, **(max_per_part or {})},
-        "seconds": None, "settings": {},
+        "seconds": None,
+        "settings": {},
     }
     by_job = dict(zip(((s.name, c.key) for s, c in jobs), reports))
     for s in settings:
@@ -589,11 +657,16 @@ def prune(settings: list[Setting] | None = None, workers: int = 2, sm_count: int
             else:
                 rejected.append({**c.to_dict(), "reason": rep["reason"]})
         data["settings"][s.name] = {
-            "n": s.n, "d": s.d, "dtype": s.dtype, "route": s.route,
+            "n": s.n,
+            "d": s.d,
+            "dtype": s.dtype,
+            "route": s.route,
             "default": default_config(s, sm_count),
             "default_check": "ok" if default_report["ok"] else default_report["reason"],
-            "generated": len(per_setting[s.name]), "survived": len(kept),
-            "candidates": kept, "rejected": rejected,
+            "generated": len(per_setting[s.name]),
+            "survived": len(kept),
+            "candidates": kept,
+            "rejected": rejected,
         }
     data["seconds"] = round(time.perf_counter() - t0, 1)
     if out is not None:
@@ -607,8 +680,10 @@ def dumps_candidate_data(data: dict) -> str:
     entries = []
     for name, entry in data["settings"].items():
         meta = json.dumps({k: v for k, v in entry.items() if k not in ("candidates", "rejected")}, default=_plain)
-        lists = [f'"{group}": [' + ",".join("\n   " + json.dumps(c, default=_plain) for c in entry[group]) + "]"
-                 for group in ("candidates", "rejected")]
+        lists = [
+            f'"{group}": [' + ",".join("\n   " + json.dumps(c, default=_plain) for c in entry[group]) + "]"
+            for group in ("candidates", "rejected")
+        ]
         entries.append(f"  {json.dumps(name)}: {meta[:-1]},\n  " + ",\n  ".join(lists) + "}")
     text = head[:-2] + ',\n "settings": {\n' + ",\n".join(entries) + "\n }\n}\n"
     if json.loads(text) != json.loads(json.dumps(data, default=_plain)):
@@ -621,7 +696,9 @@ def load_candidates(path: str | os.PathLike = DATA_PATH) -> dict:
     that regenerates it, ValueError when it is malformed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; regenerate it with `python bench/tune_decorrelation.py --prune-only`")
+        raise FileNotFoundError(
+            f"{path} not found; regenerate it with `python bench/tune_decorrelation.py --prune-only`"
+        )
     data = json.loads(path.read_text())
     validate_candidate_data(data)
     return data
@@ -657,7 +734,9 @@ def validate_candidate_data(data: dict) -> None:
                 if key in keys_seen:
                     raise ValueError(f"candidate data {name}: {key} listed twice")
                 keys_seen.add(key)
-        if entry.get("survived") != len(entry["candidates"]) or entry.get("generated") != len(entry["candidates"]) + len(entry["rejected"]):
+        if entry.get("survived") != len(entry["candidates"]) or entry.get("generated") != len(
+            entry["candidates"]
+        ) + len(entry["rejected"]):
             raise ValueError(f"candidate data {name}: counts do not match the lists")
 
 
@@ -667,7 +746,9 @@ def _runtime_candidates(setting: Setting, data: dict | None, sm_count: int) -> t
     entry = (data or {}).get("settings", {}).get(setting.name)
     current = {k: _plain(v) for k, v in default_config(setting, sm_count).items()}
     if entry is not None and data.get("sm_count") == sm_count and entry.get("default") == current:
-        return [Candidate.from_dict(c) for c in entry["candidates"]], f"pruned list ({len(entry['candidates'])} of {entry['generated']})"
+        return [
+            Candidate.from_dict(c) for c in entry["candidates"]
+        ], f"pruned list ({len(entry['candidates'])} of {entry['generated']})"
     rejected = {json.dumps(c["override"], sort_keys=True) for c in (entry or {}).get("rejected", [])}
     fresh = [c for c in generate_candidates(setting, sm_count) if c.key not in rejected]
     if entry is None:
@@ -733,8 +814,12 @@ def _within(err: dict, tol: tuple[float, float]) -> bool:
     """The tests' check: loss within rtol (or 1e-12 absolute), gradient norm error < rtol,
     largest entry error < 10 rtol of the largest entry, everything finite."""
     loss_rtol, grad_rtol = tol
-    return (err["finite"] and err["loss_abs_err"] <= max(loss_rtol * abs(err["ref_loss"]), 1e-12)
-            and err["grad_err"] < grad_rtol and err["max_err"] < 10 * grad_rtol)
+    return (
+        err["finite"]
+        and err["loss_abs_err"] <= max(loss_rtol * abs(err["ref_loss"]), 1e-12)
+        and err["grad_err"] < grad_rtol
+        and err["max_err"] < 10 * grad_rtol
+    )
 
 
 def _health(device: torch.device) -> None:
@@ -851,12 +936,26 @@ class _SettingRun:
                 rec["first_call_s"] = round(time.perf_counter() - t0, 3)
                 err = _errors(loss, grad, self.ref_loss, self.ref_grad)
                 del loss, grad
-                rec.update({k: (float(f"{v:.3e}") if isinstance(v, float) else v) for k, v in err.items() if k in ("finite", "loss_err", "grad_err", "max_err")})
+                rec.update(
+                    {
+                        k: (float(f"{v:.3e}") if isinstance(v, float) else v)
+                        for k, v in err.items()
+                        if k in ("finite", "loss_err", "grad_err", "max_err")
+                    }
+                )
                 if not _within(err, self.tol):
                     rec["status"] = "wrong"
-                    rec["message"] = f"off the reference (loss {err['loss_err']:.2e}, grad {err['grad_err']:.2e}, max {err['max_err']:.2e}; tolerance {self.tol})"
+                    rec["message"] = (
+                        f"off the reference (loss {err['loss_err']:.2e}, grad {err['grad_err']:.2e}, max {err['max_err']:.2e}; tolerance {self.tol})"
+                    )
                 else:
-                    rec.update(_summ(_time_candidate(_fwd_bwd(_triton_loss, self.x), self.device, self.per_candidate_s, self.max_reps)))
+                    rec.update(
+                        _summ(
+                            _time_candidate(
+                                _fwd_bwd(_triton_loss, self.x), self.device, self.per_candidate_s, self.max_reps
+                            )
+                        )
+                    )
                     rec["status"] = "ok"
         except _ContextLost:
             raise
@@ -879,7 +978,7 @@ def _reorder(queue: list[Candidate], measured: list[dict], default_ms: float) ->
     for r in measured:
         if r.get("level") != 1:
             continue
-        (k, v), = r["override"].items()
+        ((k, v),) = r["override"].items()
         gain[(k, json.dumps(v))] = (r["median_ms"] - default_ms) if r["status"] == "ok" else default_ms
     return sorted(queue, key=lambda c: sum(gain.get((k, json.dumps(v)), 0.0) for k, v in c.override.items()))
 
@@ -900,8 +999,20 @@ def _combos(best_by_part: dict, limit: int = 4) -> list[Candidate]:
     return out[:limit]
 
 
-def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device: torch.device, share_end: float, clock,
-                  pool: _Precompiler | None, context: str, per_candidate_s: float, max_reps: int, paired_rounds: int, log) -> dict:
+def _tune_setting(
+    setting: Setting,
+    cands: list[Candidate],
+    source: str,
+    device: torch.device,
+    share_end: float,
+    clock,
+    pool: _Precompiler | None,
+    context: str,
+    per_candidate_s: float,
+    max_reps: int,
+    paired_rounds: int,
+    log,
+) -> dict:
     from ..ops.decorrelation_reference import decorrelation_reference
     from .decorrelation import (
         _compiled_loss,
@@ -917,7 +1028,7 @@ def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device:
     default_cand = Candidate("default", {}, 0)
     if pool is not None:  # the default and the first candidates compile while the reference runs
         pool.submit(setting, default_cand)
-        for c in cands[:2 * PARTS_WINDOW]:
+        for c in cands[: 2 * PARTS_WINDOW]:
             pool.submit(setting, c)
     x = _data(setting, device).requires_grad_(True)
     xr = x.detach().to(torch.float64).requires_grad_(True)
@@ -926,15 +1037,28 @@ def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device:
     ref_loss, ref_grad = ref_loss.detach(), ref_grad.detach()
     del xr
     run = _SettingRun(setting, K, x, ref_loss, ref_grad, TOLERANCE[setting.dtype], device, per_candidate_s, max_reps)
-    rec: dict = {"setting": setting.name, "N": setting.n, "D": setting.d, "dtype": setting.dtype, "route": setting.route,
-                 "candidates_from": source, "listed": len(cands), "tolerance": list(run.tol)}
-    rec["default_config"] = {k: _plain(v) for k, v in K.select_config(setting.n, setting.d, 1, setting.torch_dtype, device).items()}
+    rec: dict = {
+        "setting": setting.name,
+        "N": setting.n,
+        "D": setting.d,
+        "dtype": setting.dtype,
+        "route": setting.route,
+        "candidates_from": source,
+        "listed": len(cands),
+        "tolerance": list(run.tol),
+    }
+    rec["default_config"] = {
+        k: _plain(v) for k, v in K.select_config(setting.n, setting.d, 1, setting.torch_dtype, device).items()
+    }
     if pool is not None:
         pool.report(setting, default_cand, timeout=min(60.0, max(share_end - clock(), 0.0)))
     default = run.evaluate(default_cand)  # not rejected by its compile report: it is the baseline
     rec["default"] = default
     if default["status"] == "wrong":  # judge the candidates against what the default reaches
-        loose = (max(run.tol[0], 2 * default["loss_err"]), max(run.tol[1], 2 * default["grad_err"], default["max_err"] / 5))
+        loose = (
+            max(run.tol[0], 2 * default["loss_err"]),
+            max(run.tol[1], 2 * default["grad_err"], default["max_err"] / 5),
+        )
         rec["note"] = f"the default itself is off the test tolerance {run.tol}; candidates judged at {loose}"
         run.tol = loose
         run.tried.clear()
@@ -972,14 +1096,21 @@ def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device:
             if level1_left[part] == 0 and queues[part]:
                 queues[part] = _reorder(queues[part], measured[part], default_ms)
         if r["status"] == "ok":
-            log(f"  {setting.name} {part:5s} {r['median_ms']:.4f} ms ({default_ms / r['median_ms']:.2f}x default) {cand.key}")
+            log(
+                f"  {setting.name} {part:5s} {r['median_ms']:.4f} ms ({default_ms / r['median_ms']:.2f}x default) {cand.key}"
+            )
         else:
             log(f"  {setting.name} {part:5s} {r['status']}: {r.get('message', '')[:100]} {cand.key}")
     if pool is not None:
         pool.cancel(setting)
     combos_end = start + 0.93 * budget
-    best_by_part = {p: sorted((r for r in measured[p] if r["status"] == "ok" and r["median_ms"] < default_ms),
-                              key=lambda r: r["median_ms"]) for p in PARTS}
+    best_by_part = {
+        p: sorted(
+            (r for r in measured[p] if r["status"] == "ok" and r["median_ms"] < default_ms),
+            key=lambda r: r["median_ms"],
+        )
+        for p in PARTS
+    }
     combos = _combos(best_by_part)
     if pool is not None:
         for cand in combos:
@@ -990,12 +1121,22 @@ def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device:
         pre = pool.report(setting, cand, timeout=min(60.0, combos_end - clock())) if pool is not None else None
         r = run.evaluate(cand, pre)
         if r["status"] == "ok":
-            log(f"  {setting.name} combo {r['median_ms']:.4f} ms ({default_ms / r['median_ms']:.2f}x default) {cand.key}")
-    ranked = sorted((r for r in run.tried if r["status"] == "ok" and r["part"] != "default"), key=lambda r: r["median_ms"])
+            log(
+                f"  {setting.name} combo {r['median_ms']:.4f} ms ({default_ms / r['median_ms']:.2f}x default) {cand.key}"
+            )
+    ranked = sorted(
+        (r for r in run.tried if r["status"] == "ok" and r["part"] != "default"), key=lambda r: r["median_ms"]
+    )
     finalists = [r for r in ranked if r["median_ms"] < default_ms][:PAIRED_FINALISTS]
-    rec.update(status="ok", search_stop=stop,
-               counts={s: sum(r["status"] == s for r in run.tried if r["part"] != "default") for s in ("ok", "wrong", "error", "rejected")},
-               covered=sum(1 for r in run.tried if r["part"] in PARTS))
+    rec.update(
+        status="ok",
+        search_stop=stop,
+        counts={
+            s: sum(r["status"] == s for r in run.tried if r["part"] != "default")
+            for s in ("ok", "wrong", "error", "rejected")
+        },
+        covered=sum(1 for r in run.tried if r["part"] in PARTS),
+    )
     # the default and the finalists in alternating rounds (the winner is decided here), with the
     # context while the share lasts
     fns = {"default": _with_override(K, {}, _fwd_bwd(_triton_loss, x))}
@@ -1009,7 +1150,7 @@ def _tune_setting(setting: Setting, cands: list[Candidate], source: str, device:
             fns["compiled"] = _fwd_bwd(_compiled_loss(), x)
     paired, winner = _paired(fns, device, paired_rounds)
     rec["paired"] = paired
-    best = default if winner == "default" else finalists[int(winner[len("finalist"):]) - 1]
+    best = default if winner == "default" else finalists[int(winner[len("finalist") :]) - 1]
     rec["best"] = best
     rec["best_config"] = {**rec["default_config"], **best["override"]}
     rec["tried"] = run.tried
@@ -1069,10 +1210,23 @@ def _gpu_target(device: torch.device) -> tuple:
         return ("cuda", 10 * major + minor, 32)
 
 
-def sweep(settings: list[Setting] | None = None, *, budget_s: float = 300.0, device: str | torch.device | None = None,
-          quick: bool | None = None, candidates: dict | None = None, per_candidate_s: float = 0.15, max_reps: int = 40,
-          paired_rounds: int = 10, context: str = "cheap", workers: int | None = None, clock: Callable[[], float] = time.perf_counter,
-          log: Callable[[str], None] = print, command: str = "", on_setting: Callable[[dict], None] | None = None) -> dict:
+def sweep(
+    settings: list[Setting] | None = None,
+    *,
+    budget_s: float = 300.0,
+    device: str | torch.device | None = None,
+    quick: bool | None = None,
+    candidates: dict | None = None,
+    per_candidate_s: float = 0.15,
+    max_reps: int = 40,
+    paired_rounds: int = 10,
+    context: str = "cheap",
+    workers: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    log: Callable[[str], None] = print,
+    command: str = "",
+    on_setting: Callable[[dict], None] | None = None,
+) -> dict:
     """Tune each setting within ``budget_s`` seconds in all (see the module doc); returns the
     results dict (:func:`write_results` saves it). ``quick`` (default: no CUDA) uses
     :data:`QUICK_SETTINGS` and :data:`QUICK_CANDIDATES` under the interpreter. ``candidates``:
@@ -1107,10 +1261,15 @@ def sweep(settings: list[Setting] | None = None, *, budget_s: float = 300.0, dev
     results: dict = {
         "kind": "decorrelation tuning sweep",
         "performance_run": performance,
-        "label": "performance run" if performance else "NOT a performance run: " + (
-            "Triton interpreter on CPU, tiny shapes" if dev.type != "cuda" else "quick settings"),
+        "label": "performance run"
+        if performance
+        else "NOT a performance run: "
+        + ("Triton interpreter on CPU, tiny shapes" if dev.type != "cuda" else "quick settings"),
         "environment": _environment(dev, command or "sdecor.benchmarks.tuning.sweep"),
-        "budget_s": budget_s, "quick": quick, "context": context, "settings": [],
+        "budget_s": budget_s,
+        "quick": quick,
+        "context": context,
+        "settings": [],
     }
     if dev.type == "cuda":
         sm_count = torch.cuda.get_device_properties(dev).multi_processor_count
@@ -1146,17 +1305,34 @@ def sweep(settings: list[Setting] | None = None, *, budget_s: float = 300.0, dev
                 continue
             share_end = now + (deadline - now) / (len(settings) - i)
             if quick:
-                cands, source = [Candidate(c.part, dict(c.override), c.level) for c in QUICK_CANDIDATES], "QUICK_CANDIDATES (interpreter)"
+                cands, source = (
+                    [Candidate(c.part, dict(c.override), c.level) for c in QUICK_CANDIDATES],
+                    "QUICK_CANDIDATES (interpreter)",
+                )
             else:
                 cands, source = _runtime_candidates(setting, data, sm_count)
-            log(f"tune {setting.name} (route {setting.route}): {len(cands)} candidates from {source}; {share_end - now:.0f}s")
+            log(
+                f"tune {setting.name} (route {setting.route}): {len(cands)} candidates from {source}; {share_end - now:.0f}s"
+            )
             try:
-                rec = _tune_setting(setting, cands, source, dev, share_end, clock, pool, context, per_candidate_s, max_reps,
-                                    paired_rounds, log)
+                rec = _tune_setting(
+                    setting,
+                    cands,
+                    source,
+                    dev,
+                    share_end,
+                    clock,
+                    pool,
+                    context,
+                    per_candidate_s,
+                    max_reps,
+                    paired_rounds,
+                    log,
+                )
             except _ContextLost as exc:
                 results["settings"].append({"setting": setting.name, "status": f"aborted: {exc}"})
                 stop = str(exc)
-                for rest in settings[i + 1:]:
+                for rest in settings[i + 1 :]:
                     results["settings"].append({"setting": rest.name, "status": "not run: CUDA context lost"})
                 break
             results["settings"].append(rec)
@@ -1164,7 +1340,9 @@ def sweep(settings: list[Setting] | None = None, *, budget_s: float = 300.0, dev
                 on_setting({**results, "stopped": "running", "elapsed_s": round(clock() - t_start, 1)})
             b = rec.get("best")
             if b is not None:
-                log(f"tune {setting.name}: default {rec['default']['median_ms']:.4f} ms, best {b['median_ms']:.4f} ms {json.dumps(b['override'])}")
+                log(
+                    f"tune {setting.name}: default {rec['default']['median_ms']:.4f} ms, best {b['median_ms']:.4f} ms {json.dumps(b['override'])}"
+                )
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
     finally:
@@ -1205,7 +1383,9 @@ def format_markdown(results: dict) -> str:
     ]
     for rec in results.get("settings", []):
         if "default" not in rec or rec.get("best") is None:
-            lines.append(f"| {rec.get('setting')} | {rec.get('route', '-')} | - | - | - | - | - | - | - | {rec.get('status')} |")
+            lines.append(
+                f"| {rec.get('setting')} | {rec.get('route', '-')} | - | - | - | - | - | - | - | {rec.get('status')} |"
+            )
             continue
         paired = rec.get("paired", {})
         ratios = paired.get("ratios", {})
@@ -1225,20 +1405,33 @@ def format_markdown(results: dict) -> str:
         if rec.get("note"):
             lines += [f"Note: {rec['note']}", ""]
         paired = rec.get("paired", {})
-        ctx = ", ".join(f"{k} {_fmt(v.get('median_ms'))} ms" for k, v in paired.items() if isinstance(v, dict) and "median_ms" in v)
+        ctx = ", ".join(
+            f"{k} {_fmt(v.get('median_ms'))} ms" for k, v in paired.items() if isinstance(v, dict) and "median_ms" in v
+        )
         if ctx:
             lines += [f"Paired: {ctx}.", ""]
         lines += ["| # | part | median ms | x default | override |", "|---|---|---|---|---|"]
         ok = sorted((r for r in rec["tried"] if r.get("status") == "ok"), key=lambda r: r["median_ms"])
         d_ms = rec["default"].get("median_ms")
         for j, r in enumerate(ok[:5], 1):
-            lines.append(f"| {j} | {r['part']} | {r['median_ms']:.4f} | {d_ms / r['median_ms']:.2f}x | `{json.dumps(r['override'])}` |")
+            lines.append(
+                f"| {j} | {r['part']} | {r['median_ms']:.4f} | {d_ms / r['median_ms']:.2f}x | `{json.dumps(r['override'])}` |"
+            )
         bad = [r for r in rec["tried"] if r.get("status") in ("wrong", "error")]
         if bad:
-            lines += ["", "Failed: " + "; ".join(f"`{json.dumps(r['override'])}` {r['status']} ({r.get('message', '')[:80]})" for r in bad[:5])
-                      + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")]
-    winners = {rec["setting"]: rec["best"]["override"] for rec in results.get("settings", [])
-               if rec.get("best") and rec["best"].get("override")}
+            lines += [
+                "",
+                "Failed: "
+                + "; ".join(
+                    f"`{json.dumps(r['override'])}` {r['status']} ({r.get('message', '')[:80]})" for r in bad[:5]
+                )
+                + (f"; and {len(bad) - 5} more" if len(bad) > 5 else ""),
+            ]
+    winners = {
+        rec["setting"]: rec["best"]["override"]
+        for rec in results.get("settings", [])
+        if rec.get("best") and rec["best"].get("override")
+    }
     lines += ["", "## Adopting the winners", ""]
     if winners:
         lines += [

@@ -1,4 +1,5 @@
 """Argument types shared by the sub-commands."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """``sdecor bench``: the kernel micro-benchmark tables (ours vs the torch references)."""
+
 from __future__ import annotations
 
 HELP = "benchmark the fused kernels against their torch references; print tables, save JSON + Markdown"
@@ -12,7 +13,9 @@ def add_arguments(parser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", dest="quick", action="store_true", default=None, help="small sizes (default on CPU)")
     size.add_argument("--full", dest="quick", action="store_false", help="all sizes (default on CUDA)")
-    parser.add_argument("--out", default="bench/results", help="folder for <device>.json and .md (default: bench/results)")
+    parser.add_argument(
+        "--out", default="bench/results", help="folder for <device>.json and .md (default: bench/results)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -4,6 +4,7 @@ Prints a table (mean and std over seeds; every column says whether higher or low
 writes ``results.json`` and PNG figures under ``--out``. The defaults finish within about
 5 minutes on 2 CPU cores (see docs/experiments.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,7 +13,6 @@ import json
 from ._args import positive_int
 
 HELP = "train the five objectives, score their Gradient saliency, print a table, save results.json and figures"
-
 
 
 def _positive_float(text: str) -> float:
@@ -37,7 +37,8 @@ def _seeds(text: str) -> tuple:
         count = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a number of seeds (e.g. 3) or a comma-separated list of distinct non-negative seeds (e.g. 0,1,2), got {text!r}"
+            "expected a number of seeds (e.g. 3) or a comma-separated list of distinct non-negative "
+            f"seeds (e.g. 0,1,2), got {text!r}"
         ) from None
     if count < 1:
         raise argparse.ArgumentTypeError(f"the number of seeds must be at least 1, got {count}")
@@ -50,7 +51,9 @@ def _methods(text: str) -> tuple:
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in METHODS]
     if not names or unknown:
-        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or text!r}; choose from {','.join(METHODS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or text!r}; choose from {','.join(METHODS)}"
+        )
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a method is listed twice: {text!r}")
     return names
@@ -64,7 +67,9 @@ def _option(text: str) -> tuple:
     method, dot, name = key.partition(".")
     method = method.strip().lower()
     if not sep or not dot or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected METHOD.OPTION=VALUE (e.g. saliencydecor.lambda_decor=0.3), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected METHOD.OPTION=VALUE (e.g. saliencydecor.lambda_decor=0.3), got {text!r}"
+        )
     if method not in METHODS:
         raise argparse.ArgumentTypeError(f"unknown method {method!r} in {text!r}; choose from {','.join(METHODS)}")
     try:
@@ -79,27 +84,78 @@ def add_arguments(parser) -> None:
     from ..experiments.runner import METHODS, EvalConfig
 
     ev = EvalConfig()
-    parser.add_argument("--methods", type=_methods, default=METHODS, metavar="LIST",
-                        help=f"comma-separated objectives to train (default: {','.join(METHODS)})")
-    parser.add_argument("--epochs", type=positive_int, default=DEFAULTS["epochs"], help=f"training epochs per run (default: {DEFAULTS['epochs']})")
-    parser.add_argument("--seeds", type=_seeds, default=DEFAULTS["seeds"], metavar="N|LIST",
-                        help="number of seeds (seeds 0..N-1) or a comma-separated list (default: 3)")
-    parser.add_argument("--dataset", default=DEFAULTS["dataset"],
-                        help="digits-in-clutter (embedded, with ground-truth masks), an image-folder path, or torchvision:NAME:ROOT "
-                        f"(default: {DEFAULTS['dataset']})")
+    parser.add_argument(
+        "--methods",
+        type=_methods,
+        default=METHODS,
+        metavar="LIST",
+        help=f"comma-separated objectives to train (default: {','.join(METHODS)})",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=positive_int,
+        default=DEFAULTS["epochs"],
+        help=f"training epochs per run (default: {DEFAULTS['epochs']})",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=_seeds,
+        default=DEFAULTS["seeds"],
+        metavar="N|LIST",
+        help="number of seeds (seeds 0..N-1) or a comma-separated list (default: 3)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=DEFAULTS["dataset"],
+        help="digits-in-clutter (embedded, with ground-truth masks), an image-folder path, or torchvision:NAME:ROOT "
+        f"(default: {DEFAULTS['dataset']})",
+    )
     parser.add_argument("--model", default=DEFAULTS["model"], help="small_cnn or resnet20 (default: small_cnn)")
-    parser.add_argument("--width", type=positive_int, default=DEFAULTS["width"],
-                        help=f"model width (SmallCNN: width, ResNet-20: base width; default: {DEFAULTS['width']})")
+    parser.add_argument(
+        "--width",
+        type=positive_int,
+        default=DEFAULTS["width"],
+        help=f"model width (SmallCNN: width, ResNet-20: base width; default: {DEFAULTS['width']})",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
-    parser.add_argument("--out", default="runs/compare", metavar="DIR", help="folder for results.json and the figures (default: runs/compare)")
-    parser.add_argument("--batch-size", type=positive_int, default=DEFAULTS["batch_size"], help=f"training batch size (default: {DEFAULTS['batch_size']})")
-    parser.add_argument("--lr", type=_positive_float, default=DEFAULTS["lr"], help=f"peak learning rate of the one-cycle schedule (default: {DEFAULTS['lr']})")
+    parser.add_argument(
+        "--out",
+        default="runs/compare",
+        metavar="DIR",
+        help="folder for results.json and the figures (default: runs/compare)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULTS["batch_size"],
+        help=f"training batch size (default: {DEFAULTS['batch_size']})",
+    )
+    parser.add_argument(
+        "--lr",
+        type=_positive_float,
+        default=DEFAULTS["lr"],
+        help=f"peak learning rate of the one-cycle schedule (default: {DEFAULTS['lr']})",
+    )
     parser.add_argument("--n-train", type=positive_int, default=None, help="use only the first N training images")
     parser.add_argument("--n-test", type=positive_int, default=None, help="use only the first N test images")
-    parser.add_argument("--n-eval", type=positive_int, default=ev.n_eval, help=f"test images scored by the saliency metrics (default: {ev.n_eval})")
-    parser.add_argument("--set", dest="options", type=_option, action="append", default=[], metavar="METHOD.OPTION=VALUE",
-                        help="objective option, e.g. saliencydecor.lambda_decor=0.3 or sgt.mask_fraction=0.5 (repeatable)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: the cores available)")
+    parser.add_argument(
+        "--n-eval",
+        type=positive_int,
+        default=ev.n_eval,
+        help=f"test images scored by the saliency metrics (default: {ev.n_eval})",
+    )
+    parser.add_argument(
+        "--set",
+        dest="options",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="METHOD.OPTION=VALUE",
+        help="objective option, e.g. saliencydecor.lambda_decor=0.3 or sgt.mask_fraction=0.5 (repeatable)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, default=None, help="torch CPU threads (default: the cores available)"
+    )
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 

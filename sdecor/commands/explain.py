@@ -9,6 +9,7 @@ digit's outline. The checkpoint is one written by ``sdecor.train.save_checkpoint
 (it knows how to rebuild its model); images are resized to the model's input size
 (``meta["data"]["image_shape"]`` in the checkpoint, else ``--size``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,6 @@ import os
 from ._args import positive_int
 
 HELP = "saliency maps of a saved checkpoint for given images (or data-set samples), saved as PNG"
-
 
 
 def _option(text: str):
@@ -38,15 +38,33 @@ def add_arguments(parser) -> None:
     parser.add_argument("--checkpoint", required=True, help="checkpoint written by sdecor (fit / save_checkpoint)")
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", metavar="IMAGE", help="image files to explain")
-    src.add_argument("--dataset", metavar="NAME", help="take samples of a data set: digits-in-clutter, an image folder, or torchvision:NAME:ROOT")
+    src.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="take samples of a data set: digits-in-clutter, an image folder, or torchvision:NAME:ROOT",
+    )
     parser.add_argument("--n", type=positive_int, default=8, help="number of data-set samples (default 8)")
     parser.add_argument("--split", choices=("test", "train"), default="test", help="data-set split (default test)")
     parser.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
-    parser.add_argument("--method", default="gradient", help="saliency method (sdecor.saliency.METHODS; default gradient)")
-    parser.add_argument("--option", action="append", type=_option, default=[], metavar="KEY=VALUE",
-                        help="method option, e.g. --option n_samples=25 (repeatable; values parsed as Python literals)")
-    parser.add_argument("--target", default="pred", help="class to explain: pred (predicted, default), label (true class), or an integer")
-    parser.add_argument("--size", type=positive_int, default=None, help="input size when the checkpoint does not record it (default 32)")
+    parser.add_argument(
+        "--method", default="gradient", help="saliency method (sdecor.saliency.METHODS; default gradient)"
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        type=_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option, e.g. --option n_samples=25 (repeatable; values parsed as Python literals)",
+    )
+    parser.add_argument(
+        "--target",
+        default="pred",
+        help="class to explain: pred (predicted, default), label (true class), or an integer",
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=None, help="input size when the checkpoint does not record it (default 32)"
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default="explain", help="output folder (default ./explain)")
 
@@ -64,7 +82,9 @@ def _load_inputs(args, image_shape):
     if h != w:
         raise ValueError(f"--dataset needs a square model input, the checkpoint's is {h} x {w}")
     n = args.n
-    train, test, info = make_loaders(args.dataset, batch_size=n, size=h, seed=args.seed, n_train=n, n_test=n, shuffle=False)
+    train, test, info = make_loaders(
+        args.dataset, batch_size=n, size=h, seed=args.seed, n_train=n, n_test=n, shuffle=False
+    )
     loader = test if args.split == "test" else train
     if loader is None:
         raise ValueError(f"data set {args.dataset!r} has no {args.split} split")

@@ -1,4 +1,5 @@
 """``sdecor ssl``: med-moco's comparison of decorrelation for self-supervised learning."""
+
 from __future__ import annotations
 
 HELP = (
@@ -15,13 +16,27 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
     parser.add_argument("--out", default="runs/ssl", help="folder for results.json (default runs/ssl)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
+    parser.add_argument(
+        "--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}"
+    )
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     parser.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate, cosine schedule (default {d.lr})")
     parser.add_argument("--queue-size", type=int, default=d.queue_size, help=f"MoCo queue K (default {d.queue_size})")
-    parser.add_argument("--decor-weight", type=float, default=d.decor_weight, help=f"lambda of the penalty in 'decor' (default {d.decor_weight})")
-    parser.add_argument("--local-weight", type=float, default=d.local_weight, help=f"weight of the local patch loss, 0 = off (default {d.local_weight})")
-    parser.add_argument("--iternorm-T", type=int, default=d.iternorm_T, help=f"IterNorm Newton iterations (default {d.iternorm_T})")
+    parser.add_argument(
+        "--decor-weight",
+        type=float,
+        default=d.decor_weight,
+        help=f"lambda of the penalty in 'decor' (default {d.decor_weight})",
+    )
+    parser.add_argument(
+        "--local-weight",
+        type=float,
+        default=d.local_weight,
+        help=f"weight of the local patch loss, 0 = off (default {d.local_weight})",
+    )
+    parser.add_argument(
+        "--iternorm-T", type=int, default=d.iternorm_T, help=f"IterNorm Newton iterations (default {d.iternorm_T})"
+    )
     parser.add_argument("--width", type=int, default=d.width, help=f"SmallCNN width (default {d.width})")
     parser.add_argument("--n-train", type=int, default=None, help="cap on training images (default: all)")
     parser.add_argument("--n-test", type=int, default=None, help="cap on test images (default: all)")
@@ -67,9 +82,16 @@ def run(args) -> int:
     )
     log = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     report = run_comparison(
-        cfg, settings=settings, seeds=tuple(range(args.seeds)), device=device, log=log, include_random=not args.no_random_row
+        cfg,
+        settings=settings,
+        seeds=tuple(range(args.seeds)),
+        device=device,
+        log=log,
+        include_random=not args.no_random_row,
     )
-    report["command"] = "sdecor " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sdecor") else "sdecor ssl"
+    report["command"] = (
+        "sdecor " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("sdecor") else "sdecor ssl"
+    )
     report["torch"] = torch.__version__
     table = format_table(report)
     print(table)

@@ -62,6 +62,7 @@ Normalisation: every loader returns images in [0, 1], un-normalised. The referen
 user model that wants normalised inputs should include it as its first module, so that
 attributions stay in the [0, 1] pixel space that the metrics and the plots assume.
 """
+
 from .clutter import ClutterData, DigitsInClutter, load_optdigits, make_digits_in_clutter
 from .loaders import (
     DATASET_NAMES,

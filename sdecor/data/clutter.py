@@ -20,12 +20,12 @@ clutter. ``seed`` changes the renders, never the split.
 Everything is generated at once in torch (separable bilinear upscaling as two small batched
 matmuls): a few thousand 32 x 32 images take well under a second on a CPU.
 """
+
 from __future__ import annotations
 
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ class ClutterData:
     masks: torch.Tensor  # bool (N, 1, H, W)
     digit_ids: torch.Tensor  # int64 (N,) source digit index 0..1796
     inverted: torch.Tensor  # bool (N,) True = dark digit on light background
-    backgrounds: Optional[torch.Tensor] = None  # float32 (N, 3, H, W) canvas before the digit
+    backgrounds: torch.Tensor | None = None  # float32 (N, 3, H, W) canvas before the digit
     meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -76,11 +76,16 @@ class ClutterData:
         """``TensorDataset(images, labels, masks)`` (shares memory with this object)."""
         return TensorDataset(self.images, self.labels, self.masks)
 
-    def to(self, device) -> "ClutterData":
+    def to(self, device) -> ClutterData:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return ClutterData(
-            move(self.images), move(self.labels), move(self.masks), move(self.digit_ids),
-            move(self.inverted), move(self.backgrounds), dict(self.meta),
+            move(self.images),
+            move(self.labels),
+            move(self.masks),
+            move(self.digit_ids),
+            move(self.inverted),
+            move(self.backgrounds),
+            dict(self.meta),
         )
 
 
@@ -100,8 +105,16 @@ def _hat_weights(u: torch.Tensor, lo: torch.Tensor, win: int) -> torch.Tensor:
     return w * inside.unsqueeze(1).to(w.dtype)
 
 
-def _upscale(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, scale: torch.Tensor,
-             ox: torch.Tensor, oy: torch.Tensor, win: int, size: int) -> torch.Tensor:
+def _upscale(
+    src: torch.Tensor,
+    left: torch.Tensor,
+    top: torch.Tensor,
+    scale: torch.Tensor,
+    ox: torch.Tensor,
+    oy: torch.Tensor,
+    win: int,
+    size: int,
+) -> torch.Tensor:
     """Draw the source window [oy:oy+win, ox:ox+win] of each 8 x 8 ``src`` (M, 8, 8) with its
     top-left corner at canvas position (left, top) and ``scale`` canvas pixels per source pixel.
     Returns the bilinear intensity (M, size, size)."""
@@ -114,7 +127,9 @@ def _upscale(src: torch.Tensor, left: torch.Tensor, top: torch.Tensor, scale: to
 
 
 def _alpha(intensity: torch.Tensor) -> torch.Tensor:
-    return torch.where(intensity > MASK_THRESHOLD, (intensity / _ALPHA_FULL).clamp(max=1.0), torch.zeros_like(intensity))
+    return torch.where(
+        intensity > MASK_THRESHOLD, (intensity / _ALPHA_FULL).clamp(max=1.0), torch.zeros_like(intensity)
+    )
 
 
 def _segment_alpha(p0: torch.Tensor, p1: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
@@ -143,7 +158,7 @@ def make_digits_in_clutter(
     size: int = 32,
     seed: int = 0,
     *,
-    n_samples: Optional[int] = None,
+    n_samples: int | None = None,
     renders_per_digit: int = 2,
     invert_fraction: float = 0.5,
     n_distractors: int = 2,
@@ -240,7 +255,10 @@ def make_digits_in_clutter(
         sl = slice(s, min(n, s + _CHUNK))
         m = sl.stop - sl.start
         cg = torch.Generator().manual_seed((noise_seed + c) % (2**62))
-        to = lambda t: t[sl].to(device)  # noqa: E731
+
+        def to(t, sl=sl):
+            return t[sl].to(device)
+
         # background: base colour + low-frequency colour texture + fine grey noise
         low = torch.nn.functional.interpolate(to(tex), size=(size, size), mode="bilinear", align_corners=False)
         fine = (torch.randn(m, 1, size, size, generator=cg) * 0.03).to(device)
@@ -251,8 +269,14 @@ def make_digits_in_clutter(
             half = win * fs / 2
             ctr = to(centre).reshape(-1, 2)
             frag = _upscale(
-                src_dev[to(frag_src).reshape(-1)], ctr[:, 0] - half, ctr[:, 1] - half, fs,
-                to(frag_ox).reshape(-1), to(frag_oy).reshape(-1), win, size,
+                src_dev[to(frag_src).reshape(-1)],
+                ctr[:, 0] - half,
+                ctr[:, 1] - half,
+                fs,
+                to(frag_ox).reshape(-1),
+                to(frag_oy).reshape(-1),
+                win,
+                size,
             )
             frag_a = _alpha(frag)
             # straight strokes
@@ -273,8 +297,17 @@ def make_digits_in_clutter(
         masks[sl] = a > 0
         images[sl] = torch.where(a > 0, a * to(fg)[:, :, None, None] + (1.0 - a) * canvas, canvas)
 
-    meta = dict(split=split, size=size, seed=seed, n_samples=n, invert_fraction=float(invert_fraction),
-                n_distractors=K, scale_range=(lo_s, hi_s), test_fraction=float(test_fraction), split_seed=split_seed)
+    meta = dict(
+        split=split,
+        size=size,
+        seed=seed,
+        n_samples=n,
+        invert_fraction=float(invert_fraction),
+        n_distractors=K,
+        scale_range=(lo_s, hi_s),
+        test_fraction=float(test_fraction),
+        split_seed=split_seed,
+    )
     return ClutterData(images, labels.to(device), masks, digit_ids.to(device), inverted.to(device), backgrounds, meta)
 
 

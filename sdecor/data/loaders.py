@@ -2,11 +2,11 @@
 
 See :mod:`sdecor.data` for the contract of :func:`make_loaders`.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import numpy as np
 import torch
@@ -53,7 +53,7 @@ class DatasetInfo:
         return self.__dataclass_fields__.keys()
 
 
-def load_image(path: str, size: Optional[int | tuple] = None, channels: int = 3) -> torch.Tensor:
+def load_image(path: str, size: int | tuple | None = None, channels: int = 3) -> torch.Tensor:
     """Read one image file as float32 (channels, H, W) in [0, 1] (RGB for 3 channels, grey for 1),
     resized (bilinear) to ``size`` (an int for a square, or (H, W)) when given."""
     from PIL import Image
@@ -102,7 +102,10 @@ class ImageFolderDataset(Dataset):
                 raise FileNotFoundError(f"image folder not found: {root}")
             classes, files = _list_class_dir(root)
         if not files:
-            raise ValueError(f"no images found under {root} (expected {root}/<class>/<image>, extensions {', '.join(IMAGE_EXTENSIONS)})")
+            raise ValueError(
+                f"no images found under {root} (expected {root}/<class>/<image>, extensions "
+                f"{', '.join(IMAGE_EXTENSIONS)})"
+            )
         self.root = root
         self.size = size
         self.channels = channels
@@ -117,7 +120,7 @@ class ImageFolderDataset(Dataset):
         return load_image(path, self.size, self.channels), torch.tensor(label, dtype=torch.long)
 
 
-def torchvision_dataset(name: str, root: str, train: bool, download: bool = False, size: Optional[int] = None):
+def torchvision_dataset(name: str, root: str, train: bool, download: bool = False, size: int | None = None):
     """``torchvision.datasets.<name>(root, train=train, download=download)`` with a transform to
     float tensors in [0, 1] (resized to ``size`` when given). Data sets with a ``split``
     argument instead of ``train`` (SVHN, STL10, ...) get ``split="train"/"test"``.
@@ -131,7 +134,8 @@ def torchvision_dataset(name: str, root: str, train: bool, download: bool = Fals
         from torchvision import datasets, transforms
     except Exception as exc:  # ImportError, or a torchvision built for another torch
         raise ImportError(
-            f"the torchvision:{name} data set needs torchvision ('pip install sdecor[vision]'); importing it failed: {exc}"
+            f"the torchvision:{name} data set needs torchvision ('pip install sdecor[vision]'); "
+            f"importing it failed: {exc}"
         ) from exc
     cls = getattr(datasets, name, None)
     if cls is None or not isinstance(cls, type):
@@ -153,7 +157,9 @@ def torchvision_dataset(name: str, root: str, train: bool, download: bool = Fals
         return cls(root, **kwargs)
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
         if "not found" in str(exc).lower() or "download" in str(exc).lower():
-            raise FileNotFoundError(f"torchvision {name} not found under {root} (pass download=True to fetch it): {exc}") from exc
+            raise FileNotFoundError(
+                f"torchvision {name} not found under {root} (pass download=True to fetch it): {exc}"
+            ) from exc
         raise
 
 
@@ -170,7 +176,7 @@ def _num_classes_of(ds) -> tuple[int, list]:
     raise ValueError("cannot tell the number of classes of this data set (no .classes or .targets)")
 
 
-def _cap(ds, n: Optional[int], what: str):
+def _cap(ds, n: int | None, what: str):
     if n is None:
         return ds
     check_int(n, what, low=1)
@@ -204,13 +210,13 @@ def make_loaders(
     size: int = 32,
     seed: int = 0,
     num_workers: int = 0,
-    n_train: Optional[int] = None,
-    n_test: Optional[int] = None,
+    n_train: int | None = None,
+    n_test: int | None = None,
     shuffle: bool = True,
     drop_last: bool = False,
-    distributed: Optional[bool] = None,
+    distributed: bool | None = None,
     download: bool = False,
-    test_batch_size: Optional[int] = None,
+    test_batch_size: int | None = None,
     **dataset_kwargs,
 ):
     """Build ``(train_loader, test_loader, info)``; see :mod:`sdecor.data` for ``name``."""
@@ -243,7 +249,9 @@ def make_loaders(
             train_ds = ImageFolderDataset(os.path.join(name, sub["train"]), size)
             test_ds = ImageFolderDataset(os.path.join(name, sub.get("test", sub.get("val"))), size)
             if test_ds.classes != train_ds.classes:
-                raise ValueError(f"train and test class folders differ under {name}: {train_ds.classes} vs {test_ds.classes}")
+                raise ValueError(
+                    f"train and test class folders differ under {name}: {train_ds.classes} vs {test_ds.classes}"
+                )
         else:
             train_ds, test_ds, _ = _split_folder(name, size)
         classes, shape, has_masks = train_ds.classes, (3, size, size), False
@@ -263,17 +271,40 @@ def make_loaders(
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(train_ds, shuffle=shuffle, seed=int(seed), drop_last=drop_last)
-        train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                  drop_last=drop_last, pin_memory=pin)
+        train_loader = DataLoader(
+            train_ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=pin,
+        )
     else:
-        train_loader = DataLoader(train_ds, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                                  num_workers=num_workers, drop_last=drop_last, pin_memory=pin)
+        train_loader = DataLoader(
+            train_ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=pin,
+        )
     test_loader = None
     if test_ds is not None:
-        test_loader = DataLoader(test_ds, batch_size=test_batch_size or max(batch_size, 256), shuffle=False,
-                                 num_workers=num_workers, pin_memory=pin)
+        test_loader = DataLoader(
+            test_ds,
+            batch_size=test_batch_size or max(batch_size, 256),
+            shuffle=False,
+            num_workers=num_workers,
+            pin_memory=pin,
+        )
     info = DatasetInfo(
-        name=name, num_classes=len(classes), image_shape=tuple(int(s) for s in shape), has_masks=has_masks,
-        class_names=[str(c) for c in classes], n_train=len(train_ds), n_test=len(test_ds) if test_ds is not None else 0,
+        name=name,
+        num_classes=len(classes),
+        image_shape=tuple(int(s) for s in shape),
+        has_masks=has_masks,
+        class_names=[str(c) for c in classes],
+        n_train=len(train_ds),
+        n_test=len(test_ds) if test_ds is not None else 0,
     )
     return train_loader, test_loader, info

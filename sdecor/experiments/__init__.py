@@ -5,7 +5,20 @@
 * :mod:`sdecor.experiments.figures`: the PNG figures;
 * :mod:`sdecor.experiments.sweep`: the design sweep (``python -m sdecor.experiments.sweep``).
 """
+
 from .compare import DEFAULTS, compare
 from .runner import DIRECTIONS, METHODS, METRICS, EvalConfig, evaluate, format_table, load_data, run, summarize
 
-__all__ = ["compare", "DEFAULTS", "DIRECTIONS", "METHODS", "METRICS", "EvalConfig", "evaluate", "format_table", "load_data", "run", "summarize"]
+__all__ = [
+    "compare",
+    "DEFAULTS",
+    "DIRECTIONS",
+    "METHODS",
+    "METRICS",
+    "EvalConfig",
+    "evaluate",
+    "format_table",
+    "load_data",
+    "run",
+    "summarize",
+]

@@ -11,6 +11,7 @@
   (first seed's models);
 * ``masked_accuracy.png``: the masked-accuracy curves, mean +- std over seeds.
 """
+
 from __future__ import annotations
 
 import json
@@ -113,8 +114,10 @@ def compare(
 
     summary = summarize(records)
     title = (
-        f"{dataset}, {model}" + (f" (width {width})" if width is not None else "")
-        + f", {epochs} epoch(s), seeds {list(seeds)}, Gradient saliency on {min(eval_config.n_eval, len(data.labels))} test images"
+        f"{dataset}, {model}"
+        + (f" (width {width})" if width is not None else "")
+        + f", {epochs} epoch(s), seeds {list(seeds)}, Gradient saliency on "
+        f"{min(eval_config.n_eval, len(data.labels))} test images"
     )
     table = format_table(summary, title=title)
     results = {

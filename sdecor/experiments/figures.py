@@ -2,6 +2,7 @@
 
 matplotlib runs with the non-interactive Agg backend (no display needed).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,7 +35,11 @@ def saliency_grid(images: torch.Tensor, masks, maps: dict, path: str, labels=Non
     """
     plt = _pyplot()
     n = images.shape[0]
-    columns = [("image", None)] + ([("ground truth", None)] if masks is not None else []) + [(name, m) for name, m in maps.items()]
+    columns = (
+        [("image", None)]
+        + ([("ground truth", None)] if masks is not None else [])
+        + [(name, m) for name, m in maps.items()]
+    )
     fig, axes = plt.subplots(n, len(columns), figsize=(1.6 * len(columns), 1.6 * n + 0.4), squeeze=False)
     for row in range(n):
         for col, (name, m) in enumerate(columns):
@@ -48,7 +53,12 @@ def saliency_grid(images: torch.Tensor, masks, maps: dict, path: str, labels=Non
                     text = class_names[label] if class_names and label < len(class_names) else str(label)
                     ax.set_ylabel(f"class {text}", fontsize=8)
             elif name == "ground truth":
-                ax.imshow(masks[row].float().reshape(masks.shape[-2], masks.shape[-1]).cpu().numpy(), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(
+                    masks[row].float().reshape(masks.shape[-2], masks.shape[-1]).cpu().numpy(),
+                    cmap="gray",
+                    vmin=0,
+                    vmax=1,
+                )
             else:
                 a = m[row].detach().float().cpu().reshape(m.shape[-2], m.shape[-1])
                 top = float(a.abs().max())

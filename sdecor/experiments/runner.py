@@ -15,6 +15,7 @@ trained on one data set with one seed, then evaluated on the test split:
 Every record is a JSON-ready dict; :func:`summarize` reduces records to mean and sample standard
 deviation over seeds, and :func:`format_table` prints them with each column's direction.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -103,7 +104,9 @@ class Data:
     meta: dict = field(default_factory=dict)
 
 
-def load_data(dataset: str = "digits-in-clutter", *, batch_size: int = 128, n_train=None, n_test=None, data_seed: int = 0) -> Data:
+def load_data(
+    dataset: str = "digits-in-clutter", *, batch_size: int = 128, n_train=None, n_test=None, data_seed: int = 0
+) -> Data:
     """Build the loaders with :func:`sdecor.data.make_loaders` and stack the test split."""
     train_loader, test_loader, info = make_loaders(
         dataset, batch_size=batch_size, seed=data_seed, n_train=n_train, n_test=n_test, num_workers=0
@@ -116,7 +119,9 @@ def load_data(dataset: str = "digits-in-clutter", *, batch_size: int = 128, n_tr
             masks.append(batch[2])
     if not images:
         raise ValueError(f"the test split of {dataset!r} is empty")
-    data = Data(train_loader, torch.cat(images), torch.cat(labels).long(), torch.cat(masks).bool() if masks else None, info)
+    data = Data(
+        train_loader, torch.cat(images), torch.cat(labels).long(), torch.cat(masks).bool() if masks else None, info
+    )
     first = next(iter(torch.utils.data.DataLoader(train_loader.dataset, batch_size=64, shuffle=False)))
     digest = hashlib.sha1()
     for t in (first[0], first[1], data.images, data.labels):
@@ -155,7 +160,9 @@ def _accuracy(model, images, labels, batch_size) -> float:
     return correct / max(1, images.shape[0])
 
 
-def evaluate(model, data: Data, *, device, config: EvalConfig | None = None, seed: int = 0, keep_maps: bool = False) -> dict:
+def evaluate(
+    model, data: Data, *, device, config: EvalConfig | None = None, seed: int = 0, keep_maps: bool = False
+) -> dict:
     """Scores of a trained model (see the module doc); ``keep_maps`` adds the first maps for figures."""
     config = config or EvalConfig()
     device = torch.device(device)
@@ -177,7 +184,9 @@ def evaluate(model, data: Data, *, device, config: EvalConfig | None = None, see
     positions = maps[0].numel()
     step = max(1, math.ceil(positions / config.deletion_steps))
     out["deletion_auc"] = _mean(
-        M.deletion_auc(model, x[:nd], maps[:nd], targets=y[:nd], step=step, substrate="zero", batch_size=config.batch_size)
+        M.deletion_auc(
+            model, x[:nd], maps[:nd], targets=y[:nd], step=step, substrate="zero", batch_size=config.batch_size
+        )
     )
     generator = torch.Generator(device=device).manual_seed(seed)
     curve = M.masked_accuracy_curve(
@@ -186,7 +195,10 @@ def evaluate(model, data: Data, *, device, config: EvalConfig | None = None, see
     out["masked_accuracy_auc"] = float(curve.auc)
     result = {
         "metrics": out,
-        "masked_accuracy": {"fractions": [round(float(f), 6) for f in curve.fractions], "accuracy": [float(a) for a in curve.accuracy]},
+        "masked_accuracy": {
+            "fractions": [round(float(f), 6) for f in curve.fractions],
+            "accuracy": [float(a) for a in curve.accuracy],
+        },
     }
     if keep_maps:
         k = min(config.n_figure, n)
@@ -224,7 +236,17 @@ def run(
         generator.manual_seed(seed)  # a different batch order per seed
     start = time.perf_counter()
     with build_objective(method, net, **options) as objective:
-        history = fit(net, objective, data.train_loader, epochs=epochs, lr=lr, schedule="onecycle", device=device, seed=seed, progress=progress)
+        history = fit(
+            net,
+            objective,
+            data.train_loader,
+            epochs=epochs,
+            lr=lr,
+            schedule="onecycle",
+            device=device,
+            seed=seed,
+            progress=progress,
+        )
     train_time = time.perf_counter() - start
     start = time.perf_counter()
     evaluation = evaluate(net, data, device=device, config=eval_config, seed=seed, keep_maps=keep_maps)

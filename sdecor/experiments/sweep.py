@@ -17,6 +17,7 @@ The settings (:data:`SETTINGS`) vary one choice at a time around the SaliencyDec
 the issue's prototype used (signed saliency, 10% of the pixels masked with uniform noise, the
 masked batch in train-mode BatchNorm, correlation penalty of weight 0.1 on the pooled features).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,16 @@ from .runner import DIRECTIONS, METRICS, EvalConfig, default_threads, format_tab
 
 __all__ = ["SETTINGS", "SCREEN", "CONFIRM", "main"]
 
-_BASE = {"lambda_consistency": 1.0, "lambda_decor": 0.1, "mask_fraction": 0.1, "saliency_abs": False,
-         "decor_mode": "correlation", "feature_layer": None, "masked_bn": "train", "fill": "uniform"}
+_BASE = {
+    "lambda_consistency": 1.0,
+    "lambda_decor": 0.1,
+    "mask_fraction": 0.1,
+    "saliency_abs": False,
+    "decor_mode": "correlation",
+    "feature_layer": None,
+    "masked_bn": "train",
+    "fill": "uniform",
+}
 
 
 def _sd(**changes) -> tuple:
@@ -86,16 +95,54 @@ SETTINGS = {
 }
 
 #: The coarse screen: every setting, one seed (the most informative first).
-SCREEN = ("standard", "sgt", "sd_base", "sd_lc0", "sd_ld1", "sd_abs", "sd_m50", "sd_m50_abs", "sd_conv", "sd_conv_ld1",
-          "sd_cov", "sd_bn_joint", "sd_bn_eval", "sd_ld0.01", "sd_m30", "sd_fill_mean", "sd_lc0_ld1", "decov", "sgt_abs",
-          "sgt_m50", "scaat")
+SCREEN = (
+    "standard",
+    "sgt",
+    "sd_base",
+    "sd_lc0",
+    "sd_ld1",
+    "sd_abs",
+    "sd_m50",
+    "sd_m50_abs",
+    "sd_conv",
+    "sd_conv_ld1",
+    "sd_cov",
+    "sd_bn_joint",
+    "sd_bn_eval",
+    "sd_ld0.01",
+    "sd_m30",
+    "sd_fill_mean",
+    "sd_lc0_ld1",
+    "decov",
+    "sgt_abs",
+    "sgt_m50",
+    "scaat",
+)
 assert set(SCREEN) <= set(SETTINGS)
 #: Confirmed with 3 seeds: the baselines, the prototype's reading, the screen's most promising
 #: single changes, their combinations, and the lambda_decor ladder at the chosen setting
 #: (sgt_abs is lambda_decor = 0 there).
-CONFIRM = ("standard", "decov", "sgt", "scaat", "sgt_abs", "sd_base", "sd_abs", "sd_m50_abs", "sd_bn_joint", "sd_abs_joint",
-           "sd_abs_lc3", "sd_m50_abs_lc3", "sd_abs_lc3_ld0", "sd_abs_lc3_ld0.01", "sd_abs_lc3_ld1",
-           "sd_m50_abs_lc3_ld0", "sd_m50_abs_lc3_ld0.01", "sd_m50_abs_lc3_ld1", "sd_m50_abs_lc3_joint")
+CONFIRM = (
+    "standard",
+    "decov",
+    "sgt",
+    "scaat",
+    "sgt_abs",
+    "sd_base",
+    "sd_abs",
+    "sd_m50_abs",
+    "sd_bn_joint",
+    "sd_abs_joint",
+    "sd_abs_lc3",
+    "sd_m50_abs_lc3",
+    "sd_abs_lc3_ld0",
+    "sd_abs_lc3_ld0.01",
+    "sd_abs_lc3_ld1",
+    "sd_m50_abs_lc3_ld0",
+    "sd_m50_abs_lc3_ld0.01",
+    "sd_m50_abs_lc3_ld1",
+    "sd_m50_abs_lc3_joint",
+)
 
 SWEEP = {"epochs": 8, "model": "small_cnn", "width": 16, "batch_size": 32, "lr": 0.1, "dataset": "digits-in-clutter"}
 
@@ -121,7 +168,9 @@ def run_settings(names, seeds, out: str, *, epochs: int, width: int, device="cpu
     previous = _done(path)
     stale = {r.get("data") for r in previous} - {fingerprint}
     if stale:
-        raise SystemExit(f"{path} holds runs on other data ({', '.join(map(str, stale))}; now {fingerprint}): move it away first")
+        raise SystemExit(
+            f"{path} holds runs on other data ({', '.join(map(str, stale))}; now {fingerprint}): move it away first"
+        )
     done = {(r["setting"], r["seed"], r["epochs"]) for r in previous}
     todo = [(n, s) for s in seeds for n in names if (n, s, epochs) not in done]
     if not todo:
@@ -133,25 +182,43 @@ def run_settings(names, seeds, out: str, *, epochs: int, width: int, device="cpu
         for name, seed in bar:
             bar.set_postfix_str(f"{name} seed {seed}")
             method, options = SETTINGS[name]
-            record = run(method, data, options=options, model=SWEEP["model"], model_kwargs={"width": width},
-                         epochs=epochs, lr=SWEEP["lr"], seed=seed, device=device, eval_config=EvalConfig())
+            record = run(
+                method,
+                data,
+                options=options,
+                model=SWEEP["model"],
+                model_kwargs={"width": width},
+                epochs=epochs,
+                lr=SWEEP["lr"],
+                seed=seed,
+                device=device,
+                eval_config=EvalConfig(),
+            )
             record["setting"] = name
             with open(path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             new.append(record)
             m = record["metrics"]
-            bar.write(f"{name:14s} seed {seed}: acc {m['accuracy']:.3f} rma {m['relevance_mass_accuracy']:.3f} "
-                      f"point {m['pointing_game']:.3f} del {m['deletion_auc']:.3f} ({record['train_time_s']:.0f} s)")
+            bar.write(
+                f"{name:14s} seed {seed}: acc {m['accuracy']:.3f} rma {m['relevance_mass_accuracy']:.3f} "
+                f"point {m['pointing_game']:.3f} del {m['deletion_auc']:.3f} ({record['train_time_s']:.0f} s)"
+            )
     return new
 
 
 def _markdown(summary: dict) -> str:
-    lines = ["| setting | seeds | " + " | ".join(f"{m} ({DIRECTIONS[m]})" for m in METRICS) + " | train s |",
-             "|" + "---|" * (len(METRICS) + 3)]
+    lines = [
+        "| setting | seeds | " + " | ".join(f"{m} ({DIRECTIONS[m]})" for m in METRICS) + " | train s |",
+        "|" + "---|" * (len(METRICS) + 3),
+    ]
     for name, row in summary.items():
         n = max((v["n"] for v in row.values() if isinstance(v, dict)), default=0)
-        cells = ["n/a" if row[m] is None else (f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" if n > 1 else f"{row[m]['mean']:.3f}")
-                 for m in METRICS]
+        cells = [
+            "n/a"
+            if row[m] is None
+            else (f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" if n > 1 else f"{row[m]['mean']:.3f}")
+            for m in METRICS
+        ]
         lines.append(f"| {name} | {n} | " + " | ".join(cells) + f" | {row['train_time_s']:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -183,14 +250,22 @@ def report(out: str, epochs: int | None = None, export: str | None = None) -> st
         f.write("## Screen (seed 0)\n\n" + _markdown(screen))
         if confirmed:
             f.write("\n## Confirm (mean ± std over seeds)\n\n" + _markdown(confirmed))
-    payload = {"sweep": SWEEP, "data": sorted({r.get("data") for r in records}, key=str), "settings": settings,
-               "screen": screen, "confirm": confirmed, "directions": DIRECTIONS}
+    payload = {
+        "sweep": SWEEP,
+        "data": sorted({r.get("data") for r in records}, key=str),
+        "settings": settings,
+        "screen": screen,
+        "confirm": confirmed,
+        "directions": DIRECTIONS,
+    }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(payload, f, indent=1)
     if export:
         os.makedirs(os.path.dirname(os.path.abspath(export)), exist_ok=True)
-        payload["runs"] = [{k: r[k] for k in ("setting", "method", "options", "seed", "epochs", "metrics", "train_time_s")}
-                           for r in records]
+        payload["runs"] = [
+            {k: r[k] for k in ("setting", "method", "options", "seed", "epochs", "metrics", "train_time_s")}
+            for r in records
+        ]
         with open(export, "w") as f:
             json.dump(payload, f, indent=1)
     return text
@@ -198,8 +273,15 @@ def report(out: str, epochs: int | None = None, export: str | None = None) -> st
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sdecor.experiments.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="runs/sweep", help="folder for runs.jsonl and the summaries (default: runs/sweep)")
-    parser.add_argument("--stage", choices=("screen", "confirm"), default=None, help="screen: every setting, seed 0; confirm: CONFIRM settings, --seeds")
+    parser.add_argument(
+        "--out", default="runs/sweep", help="folder for runs.jsonl and the summaries (default: runs/sweep)"
+    )
+    parser.add_argument(
+        "--stage",
+        choices=("screen", "confirm"),
+        default=None,
+        help="screen: every setting, seed 0; confirm: CONFIRM settings, --seeds",
+    )
     parser.add_argument("--settings", default=None, help="comma-separated setting names (overrides the stage's list)")
     parser.add_argument("--seeds", default="0,1,2", help="seeds for the confirm stage (default: 0,1,2)")
     parser.add_argument("--epochs", type=int, default=SWEEP["epochs"])
@@ -207,7 +289,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the cores available)")
     parser.add_argument("--report", action="store_true", help="print and write the summary tables")
-    parser.add_argument("--export", default=None, metavar="JSON", help="with --report: also write every run's scores here (e.g. docs/results/sweep.json)")
+    parser.add_argument(
+        "--export",
+        default=None,
+        metavar="JSON",
+        help="with --report: also write every run's scores here (e.g. docs/results/sweep.json)",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads or default_threads())
@@ -222,7 +309,9 @@ def main(argv=None) -> int:
             parser.error(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(SETTINGS)}")
         seeds = (0,) if args.stage == "screen" else tuple(int(s) for s in args.seeds.split(","))
         start = time.perf_counter()
-        run_settings(names, seeds, args.out, epochs=args.epochs, width=args.width, device=args.device, progress=not args.quiet)
+        run_settings(
+            names, seeds, args.out, epochs=args.epochs, width=args.width, device=args.device, progress=not args.quiet
+        )
         print(f"stage {args.stage} done in {time.perf_counter() - start:.0f} s")
     print(report(args.out, args.epochs, export=args.export))
     return 0

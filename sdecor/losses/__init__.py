@@ -20,6 +20,7 @@ end of a ``with`` block.
 :func:`build_objective` makes one by name (``"standard"``, ``"decov"``, ``"sgt"``, ``"scaat"``,
 ``"saliencydecor"``) for a model, passing keyword options through.
 """
+
 from __future__ import annotations
 
 from ..ops import DecorrelationLoss

@@ -19,11 +19,12 @@ Helpers here:
   ways the perturbed batch can meet BatchNorm (``masked_bn``).
 * :func:`consistency_kl`: KL(p(x) || p(x')) with ``batchmean``.
 """
+
 from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -76,7 +77,9 @@ def check_batch(images, labels) -> None:
     check_min_ndim(images, "images", 2, "(B, C, H, W) or (B, D)")
     check_tensor(labels, "labels")
     if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
-        raise TypeError(f"labels must be an integer tensor of class indices, got {str(labels.dtype).replace('torch.', '')}")
+        raise TypeError(
+            f"labels must be an integer tensor of class indices, got {str(labels.dtype).replace('torch.', '')}"
+        )
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
         raise ValueError(f"labels must have shape (B,) = ({images.shape[0]},), got {tuple(labels.shape)}")
     if labels.device != images.device:
@@ -139,7 +142,9 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
     if layer == "conv":
         layer = getattr(model, "conv_feature_layer", None)
         if not isinstance(layer, str):
-            raise ValueError(f"feature_layer='conv' needs model.conv_feature_layer (a module name); {type(model).__name__} has none")
+            raise ValueError(
+                f"feature_layer='conv' needs model.conv_feature_layer (a module name); {type(model).__name__} has none"
+            )
     if layer is None or layer == "penultimate":
         declared = getattr(model, "feature_layer", None)
         if isinstance(declared, str) and declared in named:
@@ -160,7 +165,8 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
         if layer not in named or layer == "":
             choices = ", ".join(repr(n) for n in list(named)[1:20])
             raise ValueError(
-                f"feature_layer {layer!r} is not a module of the model; use 'penultimate', 'conv' or a module name such as {choices}"
+                f"feature_layer {layer!r} is not a module of the model; use 'penultimate', 'conv' or a "
+                f"module name such as {choices}"
             )
         return named[layer], False, layer
     if isinstance(layer, nn.Module):
@@ -168,7 +174,9 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
             if module is layer:
                 return module, False, name or "<model>"
         raise ValueError("feature_layer is an nn.Module that is not part of the model")
-    raise TypeError(f"feature_layer must be None, 'penultimate', 'conv', a module name or an nn.Module, got {type(layer).__name__}")
+    raise TypeError(
+        f"feature_layer must be None, 'penultimate', 'conv', a module name or an nn.Module, got {type(layer).__name__}"
+    )
 
 
 class FeatureHook:
@@ -194,7 +202,9 @@ class FeatureHook:
     def _pre_hook(self, module, args):
         if self._armed:
             if not args or not isinstance(args[0], torch.Tensor):
-                raise ValueError(f"the classifier {self.name!r} was not called with a tensor; pass feature_layer= explicitly")
+                raise ValueError(
+                    f"the classifier {self.name!r} was not called with a tensor; pass feature_layer= explicitly"
+                )
             self._features = args[0]
 
     def _post_hook(self, module, args, output):
@@ -204,7 +214,7 @@ class FeatureHook:
             self._features = output
 
     @contextlib.contextmanager
-    def armed(self) -> Iterator["FeatureHook"]:
+    def armed(self) -> Iterator[FeatureHook]:
         self._armed = True
         self._features = None
         try:
@@ -254,7 +264,9 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 # ---------------------------------------------------------------------------------- saliency
 
 
-def input_saliency(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, absolute: bool = False) -> torch.Tensor:
+def input_saliency(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, absolute: bool = False
+) -> torch.Tensor:
     """Gradient saliency of the target logit, averaged over channels; a constant (detached).
 
     One forward of the whole batch with the model in eval mode, and one backward of the summed
@@ -313,7 +325,9 @@ def forward_pair(
     return logits, _check_logits(perturbed_logits, batch), features
 
 
-def consistency_kl(clean_logits: torch.Tensor, perturbed_logits: torch.Tensor, *, detach_target: bool = False) -> torch.Tensor:
+def consistency_kl(
+    clean_logits: torch.Tensor, perturbed_logits: torch.Tensor, *, detach_target: bool = False
+) -> torch.Tensor:
     """KL(p(x) || p(x')) = sum_c p_c (log p_c - log p'_c), averaged over the batch (``batchmean``).
 
     Written as ``F.kl_div(log p', log p, log_target=True)``; the target p(x) is not detached unless

@@ -9,6 +9,7 @@ the biased (1/N) covariance of the batch: ``0.5 * decorrelation_loss(h, mode="co
 reduction="sum", correction=0)``. The paper applies it to a hidden layer before the classifier;
 its weight is data-set dependent there (we default to 0.1, see docs/experiments.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,9 @@ __all__ = ["DeCov", "decov_penalty"]
 
 def decov_penalty(features: torch.Tensor) -> torch.Tensor:
     """``0.5 * sum_{i != j} C_ij^2`` with the biased covariance C of the (N, D) features."""
-    return 0.5 * decorrelation_loss(features.flatten(1) if features.ndim > 2 else features, mode="covariance", reduction="sum", correction=0)
+    return 0.5 * decorrelation_loss(
+        features.flatten(1) if features.ndim > 2 else features, mode="covariance", reduction="sum", correction=0
+    )
 
 
 class DeCov(Objective):

@@ -20,6 +20,7 @@ parameter:
   equal accuracy; the decorrelation term itself changed localisation by less than the seed noise
   for weights <= 0.1 and lowered it at 1.0).
 """
+
 from __future__ import annotations
 
 from .._validation import check_choice, check_positive_float
@@ -32,8 +33,16 @@ __all__ = ["SaliencyDecor", "DEFAULT_LAMBDA_DECOR", "DEFAULTS"]
 #: Default decorrelation weight (see docs/experiments.md for the sweep it comes from).
 DEFAULT_LAMBDA_DECOR = 0.1
 #: The other defaults the sweep chose (the paper leaves them open).
-DEFAULTS = {"lambda_consistency": 3.0, "lambda_decor": DEFAULT_LAMBDA_DECOR, "mask_fraction": 0.5, "saliency_abs": True,
-            "fill": "uniform", "decor_mode": "correlation", "masked_bn": "train", "feature_layer": None}
+DEFAULTS = {
+    "lambda_consistency": 3.0,
+    "lambda_decor": DEFAULT_LAMBDA_DECOR,
+    "mask_fraction": 0.5,
+    "saliency_abs": True,
+    "fill": "uniform",
+    "decor_mode": "correlation",
+    "masked_bn": "train",
+    "feature_layer": None,
+}
 
 
 class SaliencyDecor(SaliencyGuidedTraining):
@@ -97,7 +106,6 @@ class SaliencyDecor(SaliencyGuidedTraining):
 
     def extra_repr(self) -> str:
         return (
-            super().extra_repr()
-            + f", feature_layer={self.feature_layer!r}, lambda_decor={self.lambda_decor}, "
+            super().extra_repr() + f", feature_layer={self.feature_layer!r}, lambda_decor={self.lambda_decor}, "
             f"decor_mode={self.decor_mode!r}, decor_reduction={self.decor_reduction!r}"
         )

@@ -18,6 +18,7 @@ reading of it, with every choice a parameter:
 The model is trained to ignore worst-case changes of the pixels its saliency calls irrelevant,
 which is the stated aim (a gradient that does not react to them).
 """
+
 from __future__ import annotations
 
 import torch
@@ -40,7 +41,9 @@ from ._common import (
 __all__ = ["SCAAT", "adaptive_budget"]
 
 
-def adaptive_budget(saliency: torch.Tensor, noise_mass: float, min_fraction: float, max_fraction: float) -> torch.Tensor:
+def adaptive_budget(
+    saliency: torch.Tensor, noise_mass: float, min_fraction: float, max_fraction: float
+) -> torch.Tensor:
     """Per-sample pixel count k (B,): the least salient pixels holding <= ``noise_mass`` of |saliency|.
 
     k_i = #{pixels p : (sum of the |s| values sorted ascending, up to and including p) <= noise_mass * total},
@@ -92,7 +95,9 @@ class SCAAT(Objective):
         super().__init__()
         self.epsilon = check_positive_float(epsilon, "epsilon")
         self.steps = check_int(steps, "steps", low=1)
-        self.step_size = 2.5 * self.epsilon / self.steps if step_size is None else check_positive_float(step_size, "step_size")
+        self.step_size = (
+            2.5 * self.epsilon / self.steps if step_size is None else check_positive_float(step_size, "step_size")
+        )
         self.noise_mass = check_fraction(noise_mass, "noise_mass", allow_one=True)
         self.min_fraction = check_fraction(min_fraction, "min_fraction", allow_zero=True, allow_one=True)
         self.max_fraction = check_fraction(max_fraction, "max_fraction", allow_zero=True, allow_one=True)

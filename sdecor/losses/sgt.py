@@ -13,6 +13,7 @@ Per step:
    detach; the masked batch goes through the model in train mode (``masked_bn="train"``; the other
    choices are ours, for the sweep).
 """
+
 from __future__ import annotations
 
 from .._validation import check_positive_float

@@ -1,4 +1,5 @@
 """Standard training: cross-entropy only (the baseline every other objective adds to)."""
+
 from __future__ import annotations
 
 from ._common import Objective, check_batch, cross_entropy

@@ -10,6 +10,7 @@ and where it departs from the reference implementation.
 Metrics that run the model do so under ``torch.no_grad()`` (except max-sensitivity, whose
 ``explain_fn`` needs gradients) and in the mode the caller left it; chunked by ``batch_size``.
 """
+
 from ._common import PerturbationCurve
 from .complexity import complexity, sparseness
 from .localisation import pointing_game, relevance_mass_accuracy, relevance_rank_accuracy

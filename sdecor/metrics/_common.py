@@ -1,8 +1,9 @@
 """Helpers shared by the metric modules: argument checks, chunking, progress bars, result types."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -104,7 +105,7 @@ def check_targets(targets, batch: int, device: torch.device, name: str = "target
     if not isinstance(targets, torch.Tensor):
         try:
             targets = torch.as_tensor(targets, device=device)
-        except Exception as exc:  # noqa: BLE001 - reported with the argument's name
+        except Exception as exc:
             raise TypeError(f"{name} must be a (B,) integer tensor, got {type(targets).__name__}") from exc
     if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
         raise TypeError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
@@ -141,7 +142,9 @@ def same_batch(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str) -> No
     check_same_device(a, a_name, b, b_name)
 
 
-def align_masks(attributions: torch.Tensor, masks: torch.Tensor, a_name: str = "attributions", m_name: str = "masks") -> torch.Tensor:
+def align_masks(
+    attributions: torch.Tensor, masks: torch.Tensor, a_name: str = "attributions", m_name: str = "masks"
+) -> torch.Tensor:
     """Broadcast ground-truth ``masks`` to the shape of ``attributions``.
 
     Accepted: the same shape; (B, 1, *S) or (B, *S) masks for (B, C, *S) attributions (the mask
@@ -193,8 +196,9 @@ def chunks(total: int, size: int | None) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, total)
 
 
-def chunked_map_scores(attributions: torch.Tensor, score, *, abs: bool, normalise: bool, batch_size: int | None,
-                       progress: bool, desc: str) -> torch.Tensor:
+def chunked_map_scores(
+    attributions: torch.Tensor, score, *, abs: bool, normalise: bool, batch_size: int | None, progress: bool, desc: str
+) -> torch.Tensor:
     """(B,) scores of maps computed in chunks of ``batch_size`` samples (bounded memory).
 
     Each chunk of ``attributions`` is preprocessed (:func:`prepare_attributions`) and flattened to

@@ -1,4 +1,5 @@
 """Complexity of an attribution map: Gini sparseness and entropy (Quantus Sparseness, Complexity)."""
+
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,14 @@ from ._common import check_attributions, chunked_map_scores
 __all__ = ["sparseness", "complexity"]
 
 
-def sparseness(attributions: torch.Tensor, *, abs: bool = True, normalise: bool = True, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def sparseness(
+    attributions: torch.Tensor,
+    *,
+    abs: bool = True,
+    normalise: bool = True,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Gini index of each attribution map (Chalasani et al. 2020; Quantus ``Sparseness``).
 
     **Higher is better** (a sparser, more concentrated explanation); in [0, 1).
@@ -41,11 +49,19 @@ def sparseness(attributions: torch.Tensor, *, abs: bool = True, normalise: bool 
         weights = 2 * torch.arange(1, n + 1, device=a.device, dtype=a.dtype) - n - 1
         return (a * weights).sum(dim=1) / (n * a.sum(dim=1))
 
-    return chunked_map_scores(attributions, gini, abs=abs, normalise=normalise, batch_size=batch_size,
-                              progress=progress, desc="sparseness")
+    return chunked_map_scores(
+        attributions, gini, abs=abs, normalise=normalise, batch_size=batch_size, progress=progress, desc="sparseness"
+    )
 
 
-def complexity(attributions: torch.Tensor, *, abs: bool = True, normalise: bool = True, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def complexity(
+    attributions: torch.Tensor,
+    *,
+    abs: bool = True,
+    normalise: bool = True,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Entropy of each attribution map's fractional contributions (Bhatt et al. 2020; Quantus ``Complexity``).
 
     **Lower is better** (fewer features carry the explanation); between 0 and log(n).
@@ -62,5 +78,6 @@ def complexity(attributions: torch.Tensor, *, abs: bool = True, normalise: bool 
         p = a / a.abs().sum(dim=1, keepdim=True)
         return -(p * torch.log(p + 1e-12)).sum(dim=1)
 
-    return chunked_map_scores(attributions, entropy, abs=abs, normalise=normalise, batch_size=batch_size,
-                              progress=progress, desc="complexity")
+    return chunked_map_scores(
+        attributions, entropy, abs=abs, normalise=normalise, batch_size=batch_size, progress=progress, desc="complexity"
+    )

@@ -7,6 +7,7 @@ these scores, so only ``abs`` (Quantus default False) is a parameter here. A sam
 is empty scores NaN (Quantus's pointing game means to return NaN too, but stores it in a boolean
 array, where it becomes True).
 """
+
 from __future__ import annotations
 
 import torch
@@ -37,7 +38,15 @@ def _dilate(masks: torch.Tensor, tolerance: int) -> torch.Tensor:
     return grown.reshape(shape)
 
 
-def pointing_game(attributions: torch.Tensor, masks: torch.Tensor, tolerance: int = 0, *, abs: bool = False, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def pointing_game(
+    attributions: torch.Tensor,
+    masks: torch.Tensor,
+    tolerance: int = 0,
+    *,
+    abs: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Pointing game (Zhang et al. 2018; Quantus ``PointingGame``): is the map's maximum on the object?
 
     **Higher is better**; 1.0 for a hit, 0.0 for a miss, NaN for an empty mask.
@@ -64,7 +73,9 @@ def pointing_game(attributions: torch.Tensor, masks: torch.Tensor, tolerance: in
     masks = _prepare(attributions, masks)
     tolerance = check_int(tolerance, "tolerance", low=0)
     if tolerance and attributions.ndim < 3:
-        raise ValueError(f"tolerance > 0 needs spatial attributions (B, [C,] H, W), got shape {tuple(attributions.shape)}")
+        raise ValueError(
+            f"tolerance > 0 needs spatial attributions (B, [C,] H, W), got shape {tuple(attributions.shape)}"
+        )
 
     def hit(a, lo, hi):
         m = masks[lo:hi]
@@ -74,11 +85,19 @@ def pointing_game(attributions: torch.Tensor, masks: torch.Tensor, tolerance: in
         found = (at_max & m).any(dim=1).to(a.dtype)
         return torch.where(empty, torch.full_like(found, float("nan")), found)
 
-    return chunked_map_scores(attributions, hit, abs=abs, normalise=False, batch_size=batch_size,
-                              progress=progress, desc="pointing_game")
+    return chunked_map_scores(
+        attributions, hit, abs=abs, normalise=False, batch_size=batch_size, progress=progress, desc="pointing_game"
+    )
 
 
-def relevance_mass_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, abs: bool = False, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def relevance_mass_accuracy(
+    attributions: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    abs: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Relevance mass accuracy (Arras et al. 2022; Quantus ``RelevanceMassAccuracy``).
 
     **Higher is better**; the share of the total attribution that falls inside the mask,
@@ -94,11 +113,25 @@ def relevance_mass_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, 
         score = (a * m).sum(dim=1) / a.sum(dim=1)
         return torch.where(m.any(dim=1), score, torch.full_like(score, float("nan")))
 
-    return chunked_map_scores(attributions, mass, abs=abs, normalise=False, batch_size=batch_size,
-                              progress=progress, desc="relevance_mass_accuracy")
+    return chunked_map_scores(
+        attributions,
+        mass,
+        abs=abs,
+        normalise=False,
+        batch_size=batch_size,
+        progress=progress,
+        desc="relevance_mass_accuracy",
+    )
 
 
-def relevance_rank_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, abs: bool = False, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def relevance_rank_accuracy(
+    attributions: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    abs: bool = False,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """Relevance rank accuracy (Arras et al. 2022; Quantus ``RelevanceRankAccuracy``).
 
     **Higher is better**; with K the number of mask positions of a sample, the fraction of its
@@ -119,5 +152,12 @@ def relevance_rank_accuracy(attributions: torch.Tensor, masks: torch.Tensor, *, 
         score = (in_mask & top).sum(dim=1).to(a.dtype) / k.squeeze(1).to(a.dtype)
         return torch.where(k.squeeze(1) > 0, score, torch.full_like(score, float("nan")))
 
-    return chunked_map_scores(attributions, rank, abs=abs, normalise=False, batch_size=batch_size,
-                              progress=progress, desc="relevance_rank_accuracy")
+    return chunked_map_scores(
+        attributions,
+        rank,
+        abs=abs,
+        normalise=False,
+        batch_size=batch_size,
+        progress=progress,
+        desc="relevance_rank_accuracy",
+    )

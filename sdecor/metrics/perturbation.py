@@ -16,12 +16,13 @@ Layout of the saliency (``attributions``), as :func:`mask_features` accepts it: 
 (each element is one position: channels are removed separately), or (B, 1, H, W) / (B, H, W) for
 (B, C, H, W) inputs (each pixel is one position, removed across all channels, as RISE does).
 """
+
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,9 @@ def _substrate(spec, inputs: torch.Tensor, name: str, generator) -> float | torc
         if not spec.is_floating_point():
             raise TypeError(f"a {name} tensor must be floating, got {spec.dtype}")
         if not broadcasts_to(spec.shape, inputs.shape):
-            raise ValueError(f"a {name} tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, got {tuple(spec.shape)}")
+            raise ValueError(
+                f"a {name} tensor must broadcast to the inputs' shape {tuple(inputs.shape)}, got {tuple(spec.shape)}"
+            )
         if not bool(torch.isfinite(spec).all()):
             raise ValueError(f"{name} must be finite, but it contains NaN or inf")
         return spec.to(inputs.dtype)
@@ -187,7 +190,9 @@ def _predict(model, inputs: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 def _check_target_range(targets: torch.Tensor, num_classes: int) -> None:
     if bool((targets >= num_classes).any()):
-        raise ValueError(f"targets must be class indices below the model's {num_classes} outputs, got {int(targets.max())}")
+        raise ValueError(
+            f"targets must be class indices below the model's {num_classes} outputs, got {int(targets.max())}"
+        )
 
 
 _SCORE_ROWS = 8192  # logits rows gathered before scoring them in one call (bounds that buffer)
@@ -255,7 +260,9 @@ def _run(
         if ranked:
             masked = build(flat_counts[lo:hi], rows)
         else:  # a fill string: mask_features draws or computes the values
-            x_rep, s_rep = (base, saliency) if rows is None else (base.index_select(0, rows), saliency.index_select(0, rows))
+            x_rep, s_rep = (
+                (base, saliency) if rows is None else (base.index_select(0, rows), saliency.index_select(0, rows))
+            )
             masked, _ = mask_features(x_rep, s_rep, flat_counts[lo:hi], largest=largest, fill=fill, generator=generator)
         logits = _forward(model, masked)
         if lo == start:
@@ -272,7 +279,12 @@ def _run(
 
 def _curve(curves: torch.Tensor, fractions: torch.Tensor, targets: torch.Tensor) -> PerturbationCurve:
     """The result: (B, S + 1) curves, float64 fractions (for the AUC), the followed targets."""
-    return PerturbationCurve(curves=curves, fractions=fractions.float(), auc=trapezoid_auc(curves.double(), fractions).float(), targets=targets)
+    return PerturbationCurve(
+        curves=curves,
+        fractions=fractions.float(),
+        auc=trapezoid_auc(curves.double(), fractions).float(),
+        targets=targets,
+    )
 
 
 def _common_args(model, inputs, attributions, targets, batch_size, output, generator=None, att_name="attributions"):
@@ -305,7 +317,9 @@ def _default_step(inputs: torch.Tensor, positions: int) -> int:
 # --------------------------------------------------------------------------- deletion / insertion
 
 
-def _causal_curve(mode, model, inputs, attributions, *, targets, step, substrate, output, batch_size, generator, progress):
+def _causal_curve(
+    mode, model, inputs, attributions, *, targets, step, substrate, output, batch_size, generator, progress
+):
     positions, batch_size, targets = _common_args(model, inputs, attributions, targets, batch_size, output, generator)
     step = _default_step(inputs, positions) if step is None else step
     ks = _step_counts(positions, step)
@@ -325,12 +339,37 @@ def _causal_curve(mode, model, inputs, attributions, *, targets, step, substrate
                 first = score(logits0, targets)
         counts = ks.to(inputs.device)[:, None].expand(-1, b).contiguous()
         if mode == "deletion":
-            curves = _run(model, inputs, saliency, counts, largest=True, fill=sub, score=score, targets=targets,
-                          batch_size=batch_size, generator=generator, progress=progress, desc="deletion", first_rows=first)
+            curves = _run(
+                model,
+                inputs,
+                saliency,
+                counts,
+                largest=True,
+                fill=sub,
+                score=score,
+                targets=targets,
+                batch_size=batch_size,
+                generator=generator,
+                progress=progress,
+                desc="deletion",
+                first_rows=first,
+            )
         else:
             start = torch.full_like(inputs, sub) if isinstance(sub, float) else sub.expand(inputs.shape).contiguous()
-            curves = _run(model, start, saliency, counts, largest=True, fill=inputs, score=score, targets=targets,
-                          batch_size=batch_size, generator=generator, progress=progress, desc="insertion")
+            curves = _run(
+                model,
+                start,
+                saliency,
+                counts,
+                largest=True,
+                fill=inputs,
+                score=score,
+                targets=targets,
+                batch_size=batch_size,
+                generator=generator,
+                progress=progress,
+                desc="insertion",
+            )
     return _curve(curves, fractions.to(inputs.device), targets)
 
 
@@ -388,8 +427,19 @@ def deletion_curve(
     -------
     :class:`PerturbationCurve`: curves (B, steps + 1), fractions (steps + 1,), auc (B,), targets (B,).
     """
-    return _causal_curve("deletion", model, inputs, attributions, targets=targets, step=step, substrate=substrate,
-                         output=output, batch_size=batch_size, generator=generator, progress=progress)
+    return _causal_curve(
+        "deletion",
+        model,
+        inputs,
+        attributions,
+        targets=targets,
+        step=step,
+        substrate=substrate,
+        output=output,
+        batch_size=batch_size,
+        generator=generator,
+        progress=progress,
+    )
 
 
 def insertion_curve(
@@ -415,8 +465,19 @@ def insertion_curve(
     of the B inputs) unless ``targets`` is given. Parameters as for :func:`deletion_curve`,
     except ``substrate`` defaults to "blur".
     """
-    return _causal_curve("insertion", model, inputs, attributions, targets=targets, step=step, substrate=substrate,
-                         output=output, batch_size=batch_size, generator=generator, progress=progress)
+    return _causal_curve(
+        "insertion",
+        model,
+        inputs,
+        attributions,
+        targets=targets,
+        step=step,
+        substrate=substrate,
+        output=output,
+        batch_size=batch_size,
+        generator=generator,
+        progress=progress,
+    )
 
 
 def deletion_auc(model, inputs, attributions, **kwargs) -> torch.Tensor:
@@ -481,12 +542,26 @@ def pixel_flipping(
     ks = _step_counts(positions, step)
     saliency, largest = _ordering_saliency(attributions, order, abs, generator)
     sub = _substrate(fill, inputs, "fill", generator)
-    return _flip(model, inputs, saliency, ks[:, None].expand(-1, inputs.shape[0]), ks.to(torch.float64) / positions,
-                 largest=largest, fill=sub, targets=targets, output=output, batch_size=batch_size,
-                 generator=generator, progress=progress, desc="pixel_flipping")
+    return _flip(
+        model,
+        inputs,
+        saliency,
+        ks[:, None].expand(-1, inputs.shape[0]),
+        ks.to(torch.float64) / positions,
+        largest=largest,
+        fill=sub,
+        targets=targets,
+        output=output,
+        batch_size=batch_size,
+        generator=generator,
+        progress=progress,
+        desc="pixel_flipping",
+    )
 
 
-def _flip(model, inputs, saliency, counts, fractions, *, largest, fill, targets, output, batch_size, generator, progress, desc):
+def _flip(
+    model, inputs, saliency, counts, fractions, *, largest, fill, targets, output, batch_size, generator, progress, desc
+):
     score = lambda logits, t: _scores(logits, t, output)  # noqa: E731
     with torch.no_grad():
         logits0 = _predict(model, inputs, batch_size)
@@ -494,9 +569,21 @@ def _flip(model, inputs, saliency, counts, fractions, *, largest, fill, targets,
             targets = logits0.argmax(dim=1)
         _check_target_range(targets, logits0.shape[1])
         counts = counts.to(inputs.device).contiguous()
-        curves = _run(model, inputs, saliency, counts, largest=largest, fill=fill, score=score, targets=targets,
-                      batch_size=batch_size, generator=generator, progress=progress, desc=desc,
-                      first_rows=score(logits0, targets))
+        curves = _run(
+            model,
+            inputs,
+            saliency,
+            counts,
+            largest=largest,
+            fill=fill,
+            score=score,
+            targets=targets,
+            batch_size=batch_size,
+            generator=generator,
+            progress=progress,
+            desc=desc,
+            first_rows=score(logits0, targets),
+        )
     return _curve(curves, fractions.to(inputs.device), targets)
 
 
@@ -580,9 +667,21 @@ def region_perturbation(
     counts = torch.zeros(len(done), b, dtype=torch.int64, device=inputs.device)
     counts[1:] = cum[:, (done[1:] - 1).to(inputs.device)].t()
     sub = _substrate(fill, inputs, "fill", generator)
-    return _flip(model, inputs, saliency, counts, done.to(torch.float64) / n_patches, largest=False, fill=sub,
-                 targets=targets, output=output, batch_size=batch_size, generator=generator, progress=progress,
-                 desc="region_perturbation")
+    return _flip(
+        model,
+        inputs,
+        saliency,
+        counts,
+        done.to(torch.float64) / n_patches,
+        largest=False,
+        fill=sub,
+        targets=targets,
+        output=output,
+        batch_size=batch_size,
+        generator=generator,
+        progress=progress,
+        desc="region_perturbation",
+    )
 
 
 # --------------------------------------------------------------------------- SGT masked accuracy
@@ -637,7 +736,9 @@ def masked_accuracy_curve(
         Masked fractions in [0, 1], increasing or not (kept in the given order).
     Other parameters as for :func:`deletion_curve`.
     """
-    positions, batch_size, targets_checked = _common_args(model, inputs, attributions, targets, batch_size, "logit", generator)
+    positions, batch_size, targets_checked = _common_args(
+        model, inputs, attributions, targets, batch_size, "logit", generator
+    )
     if targets is None:
         raise TypeError("targets (the labels) are required for the masked-accuracy curve")
     targets = targets_checked
@@ -655,9 +756,20 @@ def masked_accuracy_curve(
     counts = ks.to(inputs.device)[:, None].expand(-1, b).contiguous()
     correct_fn = lambda logits, t: (logits.argmax(dim=1) == t).float()  # noqa: E731
     with torch.no_grad():
-        correct = _run(model, inputs, attributions.detach(), counts, largest=True, fill=sub, score=correct_fn,
-                       targets=targets, batch_size=batch_size, generator=generator, progress=progress,
-                       desc="masked_accuracy")
+        correct = _run(
+            model,
+            inputs,
+            attributions.detach(),
+            counts,
+            largest=True,
+            fill=sub,
+            score=correct_fn,
+            targets=targets,
+            batch_size=batch_size,
+            generator=generator,
+            progress=progress,
+            desc="masked_accuracy",
+        )
     correct = correct > 0.5
     acc = correct.double().mean(dim=0)
     fr_d = fr.to(inputs.device)

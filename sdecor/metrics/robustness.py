@@ -1,12 +1,22 @@
 """Robustness of an explanation to input noise: max-sensitivity (Quantus ``MaxSensitivity``)."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from .._validation import check_int, check_positive_float
-from ._common import check_attributions, check_batch_size, check_generator, check_inputs, check_targets, prepare_attributions, progress_bar, same_batch
+from ._common import (
+    check_attributions,
+    check_batch_size,
+    check_generator,
+    check_inputs,
+    check_targets,
+    prepare_attributions,
+    progress_bar,
+    same_batch,
+)
 
 __all__ = ["max_sensitivity"]
 
@@ -16,7 +26,9 @@ def _explain(explain_fn, model, x, targets, name="explain_fn") -> torch.Tensor:
     if not isinstance(a, torch.Tensor):
         raise TypeError(f"{name} must return a torch.Tensor of attributions, got {type(a).__name__}")
     if a.ndim == 0 or a.shape[0] != x.shape[0]:
-        raise ValueError(f"{name} must return (N, ...) attributions for N inputs, got shape {tuple(a.shape)} for {x.shape[0]} inputs")
+        raise ValueError(
+            f"{name} must return (N, ...) attributions for N inputs, got shape {tuple(a.shape)} for {x.shape[0]} inputs"
+        )
     return a.detach()
 
 
@@ -84,7 +96,9 @@ def max_sensitivity(
     (B,) float tensor on the inputs' device.
     """
     if not callable(explain_fn):
-        raise TypeError(f"explain_fn must be callable as explain_fn(model, inputs, targets), got {type(explain_fn).__name__}")
+        raise TypeError(
+            f"explain_fn must be callable as explain_fn(model, inputs, targets), got {type(explain_fn).__name__}"
+        )
     check_inputs(inputs)
     b = inputs.shape[0]
     radius = check_positive_float(radius, "radius")
@@ -111,7 +125,10 @@ def max_sensitivity(
     for s0 in range(0, n_samples, per_chunk):
         s1 = min(s0 + per_chunk, n_samples)
         noise = torch.cat(
-            [torch.rand(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype) for _ in range(s0, s1)]
+            [
+                torch.rand(inputs.shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+                for _ in range(s0, s1)
+            ]
         )
         x_pert = inputs.repeat((s1 - s0,) + (1,) * (inputs.ndim - 1)) + (noise * (2 * radius) - radius)
         t_rep = targets.repeat(s1 - s0)
@@ -130,7 +147,9 @@ def max_sensitivity(
         sim = (torch.cat(diffs) / denominator.repeat(s1 - s0)).view(s1 - s0, b)
         if return_nan_when_prediction_changes:
             with torch.no_grad():
-                changed = torch.cat([model(x_pert[lo : lo + batch_size]).argmax(dim=1) for lo in range(0, x_pert.shape[0], batch_size)])
+                changed = torch.cat(
+                    [model(x_pert[lo : lo + batch_size]).argmax(dim=1) for lo in range(0, x_pert.shape[0], batch_size)]
+                )
             sim = torch.where(changed.view(s1 - s0, b) != pred0, torch.full_like(sim, float("nan")), sim)
         sims[s0:s1] = sim
         bar.update(s1 - s0)
@@ -145,4 +164,3 @@ def _nanmax(s: torch.Tensor) -> torch.Tensor:
     filled = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
     m = filled.amax(dim=0)
     return torch.where(torch.isnan(s).all(dim=0), torch.full_like(m, float("nan")), m)
-

@@ -32,7 +32,17 @@ normalisation; the first conv is followed by BatchNorm).
 ``MODEL_NAMES`` (``"small_cnn"``, ``"resnet20"``; ``"smallcnn"`` and ``"small-cnn"`` are
 aliases).
 """
+
 from .iternorm import IterNorm, replace_last_batchnorm
 from .small import MODEL_NAMES, ResNet20, SmallCNN, build_model, get_layer, resnet20
 
-__all__ = ["MODEL_NAMES", "IterNorm", "ResNet20", "SmallCNN", "build_model", "get_layer", "replace_last_batchnorm", "resnet20"]
+__all__ = [
+    "MODEL_NAMES",
+    "IterNorm",
+    "ResNet20",
+    "SmallCNN",
+    "build_model",
+    "get_layer",
+    "replace_last_batchnorm",
+    "resnet20",
+]

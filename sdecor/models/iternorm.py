@@ -43,6 +43,7 @@ The backward pass is autograd through the T iterations (the authors hand-write i
 gives the same gradient, checked with gradcheck in float64). float16/bfloat16 input is computed
 in float32 and cast back.
 """
+
 from __future__ import annotations
 
 import torch
@@ -103,11 +104,20 @@ class IterNorm(nn.Module):
             raise ValueError("give num_groups or num_channels, not both")
         if num_channels is not None:
             if not isinstance(num_channels, int) or num_channels < 1 or num_features % num_channels:
-                raise ValueError(f"num_channels must be a positive divisor of num_features={num_features}, got {num_channels!r}")
+                raise ValueError(
+                    f"num_channels must be a positive divisor of num_features={num_features}, got {num_channels!r}"
+                )
             num_groups = num_features // num_channels
         num_groups = 1 if num_groups is None else num_groups
-        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or num_features % num_groups:
-            raise ValueError(f"num_groups must be a positive divisor of num_features={num_features}, got {num_groups!r}")
+        if (
+            isinstance(num_groups, bool)
+            or not isinstance(num_groups, int)
+            or num_groups < 1
+            or num_features % num_groups
+        ):
+            raise ValueError(
+                f"num_groups must be a positive divisor of num_features={num_features}, got {num_groups!r}"
+            )
         if isinstance(T, bool) or not isinstance(T, int) or T < 0:
             raise ValueError(f"T must be an int >= 0, got {T!r}")
         if not eps >= 0:
@@ -135,7 +145,8 @@ class IterNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise ValueError(
-                f"IterNorm({self.num_features}) expects input (N, {self.num_features}) or (N, {self.num_features}, *spatial), "
+                f"IterNorm({self.num_features}) expects input (N, {self.num_features}) or (N, "
+                f"{self.num_features}, *spatial), "
                 f"got shape {tuple(x.shape)}"
             )
         in_dtype = x.dtype
@@ -145,7 +156,9 @@ class IterNorm(nn.Module):
         m = xt.shape[-1]
         if self.training:
             if m < 2:
-                raise ValueError(f"IterNorm needs more than 1 value per channel in training, got input shape {tuple(x.shape)}")
+                raise ValueError(
+                    f"IterNorm needs more than 1 value per channel in training, got input shape {tuple(x.shape)}"
+                )
             mean = xt.mean(-1, keepdim=True)
             xc = xt - mean
             eye = torch.eye(g, dtype=compute, device=x.device)

@@ -1,4 +1,5 @@
 """SmallCNN and the CIFAR ResNet-20 (see :mod:`sdecor.models` for the contract)."""
+
 from __future__ import annotations
 
 import difflib
@@ -37,7 +38,10 @@ class SmallCNN(nn.Module):
         check_int(num_classes, "num_classes", low=1)
         check_int(in_channels, "in_channels", low=1)
         check_int(width, "width", low=2)
-        self.config = {"name": "small_cnn", "kwargs": dict(num_classes=num_classes, in_channels=in_channels, width=width)}
+        self.config = {
+            "name": "small_cnn",
+            "kwargs": dict(num_classes=num_classes, in_channels=in_channels, width=width),
+        }
         w = width
         self.block1 = _conv_bn_relu(in_channels, w // 2)
         self.down1 = nn.MaxPool2d(2)
@@ -98,7 +102,10 @@ class ResNet20(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 (20, 32, 44, 56, ...), got {depth}")
         n = (depth - 2) // 6
-        self.config = {"name": "resnet20", "kwargs": dict(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth)}
+        self.config = {
+            "name": "resnet20",
+            "kwargs": dict(num_classes=num_classes, in_channels=in_channels, width=width, depth=depth),
+        }
         w = width
         self.stem = _conv_bn_relu(in_channels, w)
         self.layer1 = self._stage(w, w, n, 1)

@@ -9,6 +9,7 @@ working on the pure-torch references and warns once, saying how to build it.
 Nothing here is imported at package import time: the first caller that needs the extension
 triggers the load (and the warning, if any).
 """
+
 from __future__ import annotations
 
 import threading

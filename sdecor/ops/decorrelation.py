@@ -11,12 +11,20 @@ Backends:
   ``TRITON_INTERPRET=1``); the gradient is produced in the forward pass.
 * ``"auto"``: triton for CUDA tensors when triton is importable, the reference otherwise.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from .._validation import FLOAT_DTYPES, check_choice, check_float_tensor, check_int, check_min_ndim, check_positive_float
+from .._validation import (
+    FLOAT_DTYPES,
+    check_choice,
+    check_float_tensor,
+    check_int,
+    check_min_ndim,
+    check_positive_float,
+)
 from .decorrelation_reference import decorrelation_reference
 
 __all__ = ["decorrelation_loss", "DecorrelationLoss", "MODES", "REDUCTIONS", "BACKENDS"]
@@ -118,7 +126,14 @@ def decorrelation_loss(
         from .decorrelation_distributed import distributed_decorrelation_loss
 
         return distributed_decorrelation_loss(
-            x, process_group, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=eps, backend=backend
+            x,
+            process_group,
+            mode=mode,
+            reduction=reduction,
+            correction=correction,
+            groups=groups,
+            eps=eps,
+            backend=backend,
         )
     _validate(x, mode, reduction, correction, groups, eps, backend)
     chosen = _resolve_backend(x, backend)

@@ -57,6 +57,7 @@ but its gradient is multiplied by W, so that after DDP's averaging the parameter
 ``ddp_grad=True`` (or :func:`scale_grad` with ``world_size``) inside a DDP training step; use the
 default when comparing with single-process gradients.
 """
+
 from __future__ import annotations
 
 import torch
@@ -67,7 +68,6 @@ from .decorrelation import validate_options
 from .decorrelation_reference import as_sample_matrix, decorrelation_reference, select_route
 
 __all__ = ["distributed_decorrelation_loss", "check_process_group", "scale_grad", "communication_volume"]
-
 
 
 def check_process_group(process_group) -> None:

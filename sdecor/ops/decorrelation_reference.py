@@ -19,6 +19,7 @@ Autograd differentiates either route; the closed-form gradient the fused kernels
 
 (Moff = M with its diagonal zeroed). Centring changes nothing because Z has zero column sums.
 """
+
 from __future__ import annotations
 
 import torch

@@ -14,6 +14,7 @@ Input layout: (N, D) with any strides, or (N, C, *spatial) read in place as an (
 whenever the spatial dims merge into one stride (contiguous NCHW and channels_last both do);
 other layouts are copied once to contiguous.
 """
+
 from __future__ import annotations
 
 import math
@@ -82,9 +83,16 @@ def _forward(x: torch.Tensor, mode: str, reduction: str, correction: int, groups
             target = torch.empty(x.shape, dtype=x.dtype, device=x.device)
             gview = _ncs_view(target)
     loss = _kernels.decorrelation_forward_backward(
-        src, view[0], view[1], target, gview[1] if gview else None,
-        correlation=mode == "correlation", mean_reduction=reduction == "mean",
-        correction=correction, groups=groups, eps=eps,
+        src,
+        view[0],
+        view[1],
+        target,
+        gview[1] if gview else None,
+        correlation=mode == "correlation",
+        mean_reduction=reduction == "mean",
+        correction=correction,
+        groups=groups,
+        eps=eps,
     )
     if target is not None and target is not grad:
         grad.copy_(target)

@@ -17,6 +17,7 @@ generator state, the other fills are computed by the same torch expression every
 The fake (meta) and autograd formulas of the compiled ops are registered from Python here
 (``torch.library.register_fake`` / ``register_autograd``) when the extension loads.
 """
+
 from __future__ import annotations
 
 import functools
@@ -106,7 +107,9 @@ def _check_fill(fill, x: torch.Tensor):
         if fill.dtype == torch.bool or fill.is_complex():
             raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
         if not broadcasts_to(fill.shape, x.shape):
-            raise ValueError(f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}")
+            raise ValueError(
+                f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}"
+            )
         return fill
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         raise TypeError(
@@ -265,9 +268,11 @@ def _uniform_fill(x, mask_flat, n_draws, generator, chosen):
 
 # --------------------------------------------------------------------------- torch.library formulas
 
+
 @functools.cache
 def _register_library_formulas() -> None:
     """Fake and autograd formulas of the compiled ops (run once, when sdecor._C loads)."""
+
     @torch.library.register_fake("sdecor::mask_select")
     def _mask_select_fake(saliency, k, largest):
         torch._check(saliency.dim() == 2, lambda: "mask_select: saliency must be (B, F)")

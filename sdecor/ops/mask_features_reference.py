@@ -14,11 +14,18 @@ Two pieces, shared with the compiled backends so that every backend gives the sa
   the same roundings (no fused multiply-add), so the results are bitwise identical.
   ``lo``/``scale`` are the per sample and channel min and max - min of x (:func:`channel_range`).
 """
+
 from __future__ import annotations
 
 import torch
 
-__all__ = ["mask_select_reference", "uniform_fill_reference", "channel_range", "mask_view_for", "mask_features_reference"]
+__all__ = [
+    "mask_select_reference",
+    "uniform_fill_reference",
+    "channel_range",
+    "mask_view_for",
+    "mask_features_reference",
+]
 
 
 def mask_select_reference(saliency_flat: torch.Tensor, k: torch.Tensor, largest: bool) -> torch.Tensor:

@@ -12,6 +12,7 @@ Backends: ``"cpp"`` (``torch.ops.sdecor.mask_ranks``: a per-sample stable radix 
 stable ``torch.sort`` and ``torch.where``), any device; ``"auto"``: cpp for CPU tensors when the
 extension is built, reference otherwise (on CUDA, sort and where are single kernels already).
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,7 +43,9 @@ def _use_cpp(backend: str, device: torch.device) -> bool:
     if backend == "cpp" and not cpp:
         if device.type != "cpu":
             raise ValueError(f"backend='cpp' runs on CPU tensors, got tensors on {device}")
-        raise ValueError(f"backend='cpp' needs the C++ extension sdecor._C ({_extension.load_error()}); {_extension.BUILD_HINT}")
+        raise ValueError(
+            f"backend='cpp' needs the C++ extension sdecor._C ({_extension.load_error()}); {_extension.BUILD_HINT}"
+        )
     return cpp
 
 
@@ -204,7 +207,11 @@ class RankedFill:
         if rows is not None:
             x, ranks = x.index_select(0, rows), ranks.index_select(0, rows)
             # a fill broadcast over the batch (stride 0) needs no gather
-            fill = fill[:1].expand((rows.shape[0],) + fill.shape[1:]) if fill.stride(0) == 0 else fill.index_select(0, rows)
+            fill = (
+                fill[:1].expand((rows.shape[0],) + fill.shape[1:])
+                if fill.stride(0) == 0
+                else fill.index_select(0, rows)
+            )
         n = x.shape[0]
         if x.numel() == 0:
             return x.clone().view((n,) + self.sample_shape)
@@ -216,6 +223,7 @@ class RankedFill:
 @functools.cache
 def _register_library_formulas() -> None:
     """Fake (meta) formulas of the compiled ops (run once, when sdecor._C loads)."""
+
     @torch.library.register_fake("sdecor::mask_ranks")
     def _mask_ranks_fake(saliency, largest):
         torch._check(saliency.dim() == 2, lambda: "mask_ranks: saliency must be (B, F)")

@@ -7,6 +7,7 @@ predicted class. The model is used as given (train/eval mode untouched, as in Ca
 
 ``METHODS`` maps the names used by ``sdecor explain --method`` to the classes.
 """
+
 from ._base import Attribution, resolve_target
 from .dance import DANCE, Decoys
 from .gradient import Gradient, InputXGradient

@@ -14,6 +14,7 @@ Conventions (Captum's, unless a docstring says otherwise):
   ``.grad`` are never touched; methods that hook modules remove every hook (and restore every
   flag they change) in a ``finally`` block, also when the call raises.
 """
+
 from __future__ import annotations
 
 import abc
@@ -25,7 +26,15 @@ from torch import nn
 
 from .._validation import FLOAT_DTYPES, check_float_tensor, check_min_ndim
 
-__all__ = ["Attribution", "resolve_target", "select_logits", "input_gradient", "check_inputs", "relu_modules", "relu_override"]
+__all__ = [
+    "Attribution",
+    "resolve_target",
+    "select_logits",
+    "input_gradient",
+    "check_inputs",
+    "relu_modules",
+    "relu_override",
+]
 
 
 class Attribution(abc.ABC):
@@ -46,7 +55,9 @@ class Attribution(abc.ABC):
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], **options) -> None:
         if self._needs_module:
             if not isinstance(model, nn.Module):
-                raise TypeError(f"model must be a torch.nn.Module for {type(self).__name__}, got {type(model).__name__}")
+                raise TypeError(
+                    f"model must be a torch.nn.Module for {type(self).__name__}, got {type(model).__name__}"
+                )
         elif not callable(model):
             raise TypeError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
         self.model = model
@@ -65,7 +76,7 @@ class Attribution(abc.ABC):
         self._check_options(merged)
         return merged
 
-    def _check_options(self, options: dict) -> None:  # pragma: no cover - trivial default
+    def _check_options(self, options: dict) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise TypeError/ValueError for a bad option (subclasses override)."""
 
     def _call_options(self, overrides: dict) -> dict:
@@ -147,7 +158,9 @@ def resolve_target(target, batch_size: int, device: torch.device, output: torch.
         return torch.tensor(list(target), dtype=torch.long, device=device)
     if isinstance(target, torch.Tensor):
         if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            raise TypeError(f"target as a tensor must have an integer dtype, got {str(target.dtype).replace('torch.', '')}")
+            raise TypeError(
+                f"target as a tensor must have an integer dtype, got {str(target.dtype).replace('torch.', '')}"
+            )
         if target.ndim == 0:
             target = target.reshape(1).expand(batch_size)
         elif target.ndim != 1 or target.shape[0] not in (1, batch_size):

@@ -43,6 +43,7 @@ The model is used as given (no switch to eval mode): in train mode BatchNorm sta
 Dropout masks would change with every forward pass, which makes the eps constraint meaningless,
 so call ``model.eval()`` first.
 """
+
 from __future__ import annotations
 
 import math
@@ -126,7 +127,9 @@ class DANCE(Attribution):
     def __init__(self, model: nn.Module, base_method="gradient", layer=None, **options) -> None:
         super().__init__(model, **options)
         if layer is None:
-            raise ValueError("DANCE needs layer: the module (or its dotted name) whose activations the decoys must keep")
+            raise ValueError(
+                "DANCE needs layer: the module (or its dotted name) whose activations the decoys must keep"
+            )
         if isinstance(layer, str):
             try:
                 layer = model.get_submodule(layer)
@@ -154,7 +157,8 @@ class DANCE(Attribution):
         if callable(getattr(base_method, "attribute", None)):
             return base_method
         raise TypeError(
-            f"base_method must be a method name, an Attribution class or an object with .attribute, got {type(base_method).__name__}"
+            "base_method must be a method name, an Attribution class or an object with .attribute, got "
+            f"{type(base_method).__name__}"
         )
 
     def _check_options(self, o: dict) -> None:
@@ -214,7 +218,9 @@ class DANCE(Attribution):
         try:
             return torch.broadcast_to(value.to(x.dtype), x.shape)
         except RuntimeError as exc:
-            raise ValueError(f"{name} of shape {tuple(value.shape)} does not broadcast to the inputs' shape {tuple(x.shape)}") from exc
+            raise ValueError(
+                f"{name} of shape {tuple(value.shape)} does not broadcast to the inputs' shape {tuple(x.shape)}"
+            ) from exc
 
     def _setup(self, inputs: torch.Tensor, opts: dict):
         check_inputs(inputs)

@@ -1,4 +1,5 @@
 """Vanilla gradient (Simonyan et al. 2014) and gradient x input (Shrikumar et al. 2016)."""
+
 from __future__ import annotations
 
 import torch

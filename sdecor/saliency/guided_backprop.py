@@ -1,4 +1,5 @@
 """Guided Backpropagation (Springenberg et al. 2015)."""
+
 from __future__ import annotations
 
 import torch

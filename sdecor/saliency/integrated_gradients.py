@@ -1,4 +1,5 @@
 """Integrated Gradients (Sundararajan et al. 2017) with Captum's quadrature rules."""
+
 from __future__ import annotations
 
 import numpy as np

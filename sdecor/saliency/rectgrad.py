@@ -20,6 +20,7 @@ field reaches into the padding (given the kernel size, stride, dilation and padd
 usual 3x3, stride 1, padding 1 convolution this is exactly the original one-pixel border.
 ``padding_trick=False`` turns it off.
 """
+
 from __future__ import annotations
 
 import torch
@@ -86,7 +87,9 @@ def _pad_pairs(module: nn.modules.conv._ConvNd, spatial: tuple[int, ...]) -> lis
     return [(p, p) for p in module.padding]
 
 
-def padding_border_mask(module: nn.modules.conv._ConvNd, input_spatial: tuple[int, ...], device, dtype) -> torch.Tensor | None:
+def padding_border_mask(
+    module: nn.modules.conv._ConvNd, input_spatial: tuple[int, ...], device, dtype
+) -> torch.Tensor | None:
     """(1, 1, *out_spatial) mask: 1 where the output's receptive field stays inside the input,
     0 where it reaches into the zero padding. None when the convolution has no padding."""
     pads = _pad_pairs(module, input_spatial)
@@ -108,7 +111,7 @@ def padding_border_mask(module: nn.modules.conv._ConvNd, input_spatial: tuple[in
 
 def _padding_hook(module, args, output):
     x = args[0]
-    spatial = tuple(x.shape[-(x.ndim - 2):]) if x.ndim >= 3 else ()
+    spatial = tuple(x.shape[-(x.ndim - 2) :]) if x.ndim >= 3 else ()
     if len(spatial) != len(module.kernel_size):  # unbatched input: leave it alone
         return None
     mask = padding_border_mask(module, spatial, output.device, output.dtype)

@@ -1,4 +1,5 @@
 """SmoothGrad (Smilkov et al. 2017) and its squared / variance forms (Captum's NoiseTunnel types)."""
+
 from __future__ import annotations
 
 import torch
@@ -52,7 +53,9 @@ class SmoothGrad(Attribution):
         if options["samples_batch_size"] is not None:
             check_int(options["samples_batch_size"], "samples_batch_size", low=1)
 
-    def attribute(self, inputs: torch.Tensor, target=None, *, generator: torch.Generator | None = None, **overrides) -> torch.Tensor:
+    def attribute(
+        self, inputs: torch.Tensor, target=None, *, generator: torch.Generator | None = None, **overrides
+    ) -> torch.Tensor:
         opts = self._call_options(overrides)
         check_inputs(inputs)
         if generator is not None:

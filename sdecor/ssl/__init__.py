@@ -9,6 +9,7 @@
 * :mod:`sdecor.ssl.recipe`: the three settings ("plain", "decor", "iternorm"),
   :func:`run_comparison` (what ``sdecor ssl`` runs) and :func:`format_table`.
 """
+
 from .augment import AugmentConfig, augment
 from .metrics import effective_rank, linear_probe, mean_squared_correlation
 from .moco import Encoder, MoCo, info_nce, local_patch_contrastive_loss

@@ -17,6 +17,7 @@ and flips are off by default because digits are not mirror-symmetric; both are s
 4. random grayscale with probability ``gray_p``;
 5. additive gaussian noise with a per-sample sigma ~ U(0, ``noise``); clamp to [0, 1].
 """
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Measures of a learned representation: effective rank (dimensional collapse) and a linear probe."""
+
 from __future__ import annotations
 
 import torch
@@ -66,7 +67,9 @@ def linear_probe(
         if t.ndim != 2:
             raise ValueError(f"{name} must be (n, d), got shape {tuple(t.shape)}")
     if train_features.shape[1] != test_features.shape[1]:
-        raise ValueError(f"train and test features differ in width: {train_features.shape[1]} vs {test_features.shape[1]}")
+        raise ValueError(
+            f"train and test features differ in width: {train_features.shape[1]} vs {test_features.shape[1]}"
+        )
     check_int(max_iter, "max_iter", low=1)
     Xtr = train_features.detach().to(torch.float64)
     Xte = test_features.detach().to(torch.float64)

@@ -21,6 +21,7 @@ point) of the same image location are a positive pair. Every other key patch of 
 locations of the same image and all patches of the other images) is a negative. Points that fall
 outside the key view are dropped. InfoNCE with temperature ``local_tau`` over the kept patches.
 """
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,9 @@ class Encoder(nn.Module):
     ``z`` (N, dim): projection (not normalised); ``local_map`` (N, local_dim, h, w) or None.
     """
 
-    def __init__(self, backbone: nn.Module, conv_layer: str, feat_dim: int, dim: int = 64, hidden: int = 256, local_dim: int = 32):
+    def __init__(
+        self, backbone: nn.Module, conv_layer: str, feat_dim: int, dim: int = 64, hidden: int = 256, local_dim: int = 32
+    ):
         super().__init__()
         self.backbone = backbone
         self.conv_layer = conv_layer
@@ -52,7 +55,9 @@ class Encoder(nn.Module):
         _get_layer(backbone, conv_layer).register_forward_hook(self._grab)
         self.head = nn.Sequential(nn.Linear(feat_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
         self.local_head = (
-            nn.Sequential(nn.Conv2d(feat_dim, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, local_dim, 1)) if local_dim else None
+            nn.Sequential(nn.Conv2d(feat_dim, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, local_dim, 1))
+            if local_dim
+            else None
         )
 
     def _grab(self, module, inputs, output):
@@ -91,7 +96,9 @@ def patch_grid(P: int, device=None, dtype=torch.float32) -> torch.Tensor:
 
 def _sample(fmap: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of ``fmap`` (B, D, h, w) at normalised points ``pts`` (B, L, 2) -> (B, L, D)."""
-    out = F.grid_sample(fmap, pts.unsqueeze(1).to(fmap.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        fmap, pts.unsqueeze(1).to(fmap.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.squeeze(2).transpose(1, 2)
 
 
@@ -148,8 +155,16 @@ class MoCo(nn.Module):
         bn_splits: the key batch is run in this many random sub-batches (shuffled BN on one device).
     """
 
-    def __init__(self, encoder_q: Encoder, encoder_k: Encoder, *, queue_size: int = 1024, momentum: float = 0.99,
-                 tau: float = 0.2, bn_splits: int = 2):
+    def __init__(
+        self,
+        encoder_q: Encoder,
+        encoder_k: Encoder,
+        *,
+        queue_size: int = 1024,
+        momentum: float = 0.99,
+        tau: float = 0.2,
+        bn_splits: int = 2,
+    ):
         super().__init__()
         self.encoder_q, self.encoder_k = encoder_q, encoder_k
         self.encoder_k.load_state_dict(self.encoder_q.state_dict())

@@ -15,6 +15,7 @@ Settings:
 Effective rank is measured on the test set's pooled backbone features (the representation the
 probe reads) and on the projection-head embeddings; both centred.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,17 @@ from .augment import AugmentConfig, augment
 from .metrics import effective_rank, linear_probe, mean_squared_correlation
 from .moco import Encoder, MoCo, info_nce, local_patch_contrastive_loss
 
-__all__ = ["SSLConfig", "SETTINGS", "build_encoder", "train_moco", "embed", "evaluate", "run_comparison", "load_data", "format_table"]
+__all__ = [
+    "SSLConfig",
+    "SETTINGS",
+    "build_encoder",
+    "train_moco",
+    "embed",
+    "evaluate",
+    "run_comparison",
+    "load_data",
+    "format_table",
+]
 
 SETTINGS = ("plain", "decor", "iternorm")
 
@@ -91,10 +102,19 @@ def build_encoder(setting: str, cfg: SSLConfig, in_channels: int = 3, image_size
         while feat_dim % group:
             group -= 1
         replace_last_batchnorm(backbone, T=cfg.iternorm_T, num_channels=group)
-    return Encoder(backbone, backbone.conv_feature_layer, feat_dim, dim=cfg.dim, hidden=cfg.hidden, local_dim=cfg.local_dim if cfg.local_weight > 0 else 0)
+    return Encoder(
+        backbone,
+        backbone.conv_feature_layer,
+        feat_dim,
+        dim=cfg.dim,
+        hidden=cfg.hidden,
+        local_dim=cfg.local_dim if cfg.local_weight > 0 else 0,
+    )
 
 
-def train_moco(setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int = 0, device="cpu", log=None) -> tuple[Encoder, dict]:
+def train_moco(
+    setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int = 0, device="cpu", log=None
+) -> tuple[Encoder, dict]:
     """Train one setting on ``images`` (N, C, H, W) in [0, 1] (labels are never used).
 
     Returns (query encoder in eval mode, history dict with per-epoch mean losses and seconds).
@@ -105,7 +125,9 @@ def train_moco(setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int 
     images = images.to(device)
     enc_q = build_encoder(setting, cfg, images.shape[1], images.shape[-1]).to(device)
     enc_k = build_encoder(setting, cfg, images.shape[1], images.shape[-1]).to(device)
-    model = MoCo(enc_q, enc_k, queue_size=cfg.queue_size, momentum=cfg.momentum, tau=cfg.tau, bn_splits=cfg.bn_splits).to(device)
+    model = MoCo(
+        enc_q, enc_k, queue_size=cfg.queue_size, momentum=cfg.momentum, tau=cfg.tau, bn_splits=cfg.bn_splits
+    ).to(device)
     params = [p for p in enc_q.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     n = images.shape[0]
@@ -134,7 +156,9 @@ def train_moco(setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int 
             loss = loss_nce
             loss_local = torch.zeros((), device=device)
             if cfg.local_weight > 0:
-                loss_local = local_patch_contrastive_loss(q_map, k_map, th_q, th_k, grid=cfg.local_grid, tau=cfg.local_tau)
+                loss_local = local_patch_contrastive_loss(
+                    q_map, k_map, th_q, th_k, grid=cfg.local_grid, tau=cfg.local_tau
+                )
                 loss = loss + cfg.local_weight * loss_local
             loss_decor = torch.zeros((), device=device)
             if setting == "decor" and cfg.decor_weight > 0:
@@ -154,7 +178,8 @@ def train_moco(setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int 
         if log is not None:
             log(
                 f"  [{setting} seed {seed}] epoch {epoch + 1}/{cfg.epochs}: loss {history['loss'][-1]:.3f} "
-                f"(InfoNCE {history['info_nce'][-1]:.3f}, local {history['local'][-1]:.3f}, decor {history['decor'][-1]:.4f}) "
+                f"(InfoNCE {history['info_nce'][-1]:.3f}, local {history['local'][-1]:.3f}, decor "
+                f"{history['decor'][-1]:.4f}) "
                 f"{time.perf_counter() - start:.0f}s"
             )
     history["seconds"] = time.perf_counter() - start
@@ -163,7 +188,9 @@ def train_moco(setting: str, images: torch.Tensor, cfg: SSLConfig, *, seed: int 
 
 
 @torch.no_grad()
-def embed(encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def embed(
+    encoder: Encoder, images: torch.Tensor, batch_size: int = 512, device="cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(pooled backbone features h, projection embeddings z) of ``images`` in eval mode, on the CPU."""
     was_training = encoder.training
     encoder.eval()
@@ -206,7 +233,8 @@ def run_comparison(
 ) -> dict:
     """Train and evaluate every setting for every seed. ``data`` defaults to :func:`load_data`.
 
-    Returns ``{"config", "results": [{setting, seed, metrics..., history}], "summary": {setting: {metric: (mean, std)}}}``.
+    Returns ``{"config", "results": [{setting, seed, metrics..., history}],
+    "summary": {setting: {metric: (mean, std)}}}``.
     ``include_random`` adds an untrained encoder ("random init") as a reference row.
     """
     data = data if data is not None else load_data(cfg)
@@ -228,7 +256,8 @@ def run_comparison(
             results.append({"setting": setting, "seed": seed, **metrics, "seconds": hist["seconds"], "history": hist})
             if log:
                 log(
-                    f"  -> erank(features) {metrics['erank_features']:.2f}, erank(projection) {metrics['erank_projection']:.2f}, "
+                    f"  -> erank(features) {metrics['erank_features']:.2f}, erank(projection) "
+                    f"{metrics['erank_projection']:.2f}, "
                     f"probe accuracy {100 * metrics['probe_test_accuracy']:.1f}%"
                 )
     summary = {}
@@ -238,7 +267,13 @@ def run_comparison(
         for key in ("erank_features", "erank_projection", "mean_sq_correlation", "probe_test_accuracy", "seconds"):
             vals = torch.tensor([float(r[key]) for r in rows], dtype=torch.float64)
             summary[name][key] = (float(vals.mean()), float(vals.std()) if len(vals) > 1 else 0.0)
-    return {"config": cfg.as_dict(), "seeds": list(seeds), "device": str(device), "results": results, "summary": summary}
+    return {
+        "config": cfg.as_dict(),
+        "seeds": list(seeds),
+        "device": str(device),
+        "results": results,
+        "summary": summary,
+    }
 
 
 def format_table(report: dict) -> str:

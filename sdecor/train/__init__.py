@@ -71,6 +71,7 @@ from the stored spec (or loads the state into ``model`` when given), in eval mod
 ``resolve_device(device=None) -> torch.device``; ``is_main_process()``; ``get_rank()``;
 ``get_world_size()``.
 """
+
 from .checkpoint import load_checkpoint, save_checkpoint
 from .loop import (
     CrossEntropyObjective,

@@ -1,9 +1,9 @@
 """Checkpoints that know how to rebuild their model (see :mod:`sdecor.train`)."""
+
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Optional
 
 import torch
 from torch import nn
@@ -19,7 +19,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return unwrap_model(model)
 
 
-def _model_spec(model: nn.Module, meta: Optional[dict]) -> Optional[dict]:
+def _model_spec(model: nn.Module, meta: dict | None) -> dict | None:
     spec = getattr(model, "config", None)
     if isinstance(spec, dict) and "name" in spec:
         return {"name": str(spec["name"]), "kwargs": dict(spec.get("kwargs", {}))}
@@ -28,7 +28,7 @@ def _model_spec(model: nn.Module, meta: Optional[dict]) -> Optional[dict]:
     return None
 
 
-def save_checkpoint(path: str, model: nn.Module, meta: Optional[dict] = None, **extra_state) -> str:
+def save_checkpoint(path: str, model: nn.Module, meta: dict | None = None, **extra_state) -> str:
     """Write ``{"format", "model_state", "model_spec", "meta", **extra_state}`` to ``path``
     atomically (a temporary file renamed into place). ``meta`` should hold plain Python values
     (dict / list / str / numbers / bool / None) so it loads with ``weights_only=True``.
@@ -66,14 +66,18 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, struct.error, ...  # noqa: BLE001
-        raise ValueError(f"{path} is not a readable sdecor checkpoint: {str(exc).splitlines()[0] if str(exc) else exc!r}") from exc
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, struct.error, ...
+        raise ValueError(
+            f"{path} is not a readable sdecor checkpoint: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from exc
     if not isinstance(ck, dict) or "model_state" not in ck:
-        raise ValueError(f"{path} is not an sdecor checkpoint (no 'model_state'; write it with sdecor.train.save_checkpoint)")
+        raise ValueError(
+            f"{path} is not an sdecor checkpoint (no 'model_state'; write it with sdecor.train.save_checkpoint)"
+        )
     return ck
 
 
-def load_checkpoint(path: str, model: Optional[nn.Module] = None, map_location="cpu", strict: bool = True):
+def load_checkpoint(path: str, model: nn.Module | None = None, map_location="cpu", strict: bool = True):
     """Load a checkpoint written by :func:`save_checkpoint` (or by ``fit``).
 
     Without ``model`` the model is rebuilt with ``sdecor.models.build_model`` from the stored

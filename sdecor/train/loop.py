@@ -1,4 +1,5 @@
 """The training loop (see :mod:`sdecor.train` for the contract)."""
+
 from __future__ import annotations
 
 import atexit
@@ -8,7 +9,7 @@ import math
 import os
 import random
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,14 +20,23 @@ from torch.utils.data import DataLoader
 from .._validation import check_choice, check_int, check_positive_float
 
 __all__ = [
-    "CrossEntropyObjective", "History", "evaluate_accuracy", "fit", "get_rank", "get_world_size",
-    "is_main_process", "resolve_device", "set_seed", "unwrap_model",
+    "CrossEntropyObjective",
+    "History",
+    "evaluate_accuracy",
+    "fit",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "resolve_device",
+    "set_seed",
+    "unwrap_model",
 ]
 
 SCHEDULES = ("onecycle", "cosine", "constant")
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
     """Seed python's, numpy's and torch's (CPU and all CUDA devices) random generators."""
@@ -107,7 +117,7 @@ class CrossEntropyObjective(nn.Module):
 class History:
     """Per-epoch training records (a list of dicts; see :mod:`sdecor.train`)."""
 
-    def __init__(self, epochs: Optional[list] = None):
+    def __init__(self, epochs: list | None = None):
         self.epochs: list[dict] = [dict(e) for e in (epochs or [])]
 
     def append(self, record: dict) -> None:
@@ -133,7 +143,7 @@ class History:
         return {"epochs": [dict(e) for e in self.epochs]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "History":
+    def from_dict(cls, d: dict) -> History:
         return cls(d.get("epochs", []))
 
     def to_json(self, path: str) -> None:
@@ -174,9 +184,12 @@ def evaluate_accuracy(model: nn.Module, loader, device=None, amp: bool = False) 
 
 # --------------------------------------------------------------------------- internals
 
+
 def _split_batch(batch):
     if isinstance(batch, dict):
-        return batch["images"] if "images" in batch else batch["image"], batch["labels"] if "labels" in batch else batch["label"]
+        return batch["images"] if "images" in batch else batch["image"], batch[
+            "labels"
+        ] if "labels" in batch else batch["label"]
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise TypeError("batches must be (images, labels, ...) tuples")
     return batch[0], batch[1]
@@ -198,9 +211,15 @@ def _distributed_loader(loader: DataLoader, seed: int, shuffle: bool) -> DataLoa
         raise ValueError("distributed training needs a DataLoader with a batch_size (not a custom batch_sampler)")
     sampler = DistributedSampler(loader.dataset, shuffle=shuffle, seed=seed, drop_last=loader.drop_last)
     return DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        worker_init_fn=loader.worker_init_fn, persistent_workers=loader.persistent_workers if loader.num_workers else False,
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,
+        persistent_workers=loader.persistent_workers if loader.num_workers else False,
     )
 
 
@@ -215,8 +234,10 @@ def _make_schedule(schedule: str, optimizer, lr: float, total_steps: int):
         # 25 % warm-up, but at least 2 steps of it and 1 of decay (OneCycleLR divides by the phase lengths)
         pct = min(max(0.25, 2.0 / total_steps), 1.0 - 1.0 / total_steps)
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g.get("max_lr", lr) for g in optimizer.param_groups] if len(optimizer.param_groups) > 1 else lr,
-            total_steps=total_steps, pct_start=pct,
+            optimizer,
+            max_lr=[g.get("max_lr", lr) for g in optimizer.param_groups] if len(optimizer.param_groups) > 1 else lr,
+            total_steps=total_steps,
+            pct_start=pct,
         )
     if schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1))
@@ -231,38 +252,43 @@ def _fmt(record: dict) -> str:
 
 # --------------------------------------------------------------------------- fit
 
+
 def fit(
     model: nn.Module,
     objective: Callable,
     train_loader,
     *,
     epochs: int = 10,
-    optimizer: Optional[torch.optim.Optimizer] = None,
+    optimizer: torch.optim.Optimizer | None = None,
     lr: float = 0.05,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     schedule: str = "onecycle",
     device=None,
-    amp: Optional[bool] = None,
+    amp: bool | None = None,
     amp_dtype: str = "bfloat16",
     seed: int = 0,
-    checkpoint_dir: Optional[str] = None,
+    checkpoint_dir: str | None = None,
     resume: bool = False,
     eval_loader=None,
-    eval_fn: Optional[Callable] = None,
+    eval_fn: Callable | None = None,
     progress: bool = True,
-    meta: Optional[dict] = None,
-    distributed: Optional[bool] = None,
-    grad_clip: Optional[float] = None,
-    max_steps: Optional[int] = None,
+    meta: dict | None = None,
+    distributed: bool | None = None,
+    grad_clip: float | None = None,
+    max_steps: int | None = None,
 ) -> History:
     """Train ``model`` in place with ``objective`` (see :mod:`sdecor.train` for every argument)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not callable(objective):
-        raise TypeError(f"objective must be callable (model, images, labels) -> (loss, parts), got {type(objective).__name__}")
+        raise TypeError(
+            f"objective must be callable (model, images, labels) -> (loss, parts), got {type(objective).__name__}"
+        )
     if not hasattr(train_loader, "__iter__") or not hasattr(train_loader, "__len__"):
-        raise TypeError(f"train_loader must be a DataLoader (iterable with a length), got {type(train_loader).__name__}")
+        raise TypeError(
+            f"train_loader must be a DataLoader (iterable with a length), got {type(train_loader).__name__}"
+        )
     check_int(epochs, "epochs", low=1)
     check_positive_float(lr, "lr")
     check_choice(schedule, "schedule", SCHEDULES)
@@ -345,7 +371,9 @@ def fit(
 
     wrapped = model
     if distributed:
-        wrapped = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     bar_cls = None
     if progress and main:
@@ -366,7 +394,11 @@ def fit(
             correct = torch.zeros((), device=device)
             count = torch.zeros((), device=device)
             has_logits = False
-            bar = bar_cls(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True) if bar_cls else None
+            bar = (
+                bar_cls(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+                if bar_cls
+                else None
+            )
             for i, batch in enumerate(loader):
                 if max_steps is not None and step >= max_steps:
                     break
@@ -430,7 +462,9 @@ def fit(
                 record["train_acc"] = float(vec[-2]) / n
             record["lr"] = float(optimizer.param_groups[0]["lr"])
             if not math.isfinite(record["loss"]):
-                raise FloatingPointError(f"training diverged: epoch {epoch + 1} loss is {record['loss']} (lower lr, or enable grad_clip)")
+                raise FloatingPointError(
+                    f"training diverged: epoch {epoch + 1} loss is {record['loss']} (lower lr, or enable grad_clip)"
+                )
             if eval_loader is not None:
                 record["eval_acc"] = evaluate_accuracy(model, eval_loader, device, amp=use_amp)
             if eval_fn is not None and main:
@@ -439,7 +473,9 @@ def fit(
                     extra = eval_fn(model) or {}
                 finally:
                     model.train()
-                record.update({k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in extra.items()})
+                record.update(
+                    {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in extra.items()}
+                )
             record["time_s"] = time.perf_counter() - t0
             history.append(record)
             if main and bar_cls is not None:
@@ -448,10 +484,15 @@ def fit(
                 from .checkpoint import save_checkpoint
 
                 save_checkpoint(
-                    last_path, model, meta, optimizer=optimizer.state_dict(),
+                    last_path,
+                    model,
+                    meta,
+                    optimizer=optimizer.state_dict(),
                     scaler=scaler.state_dict() if scaler.is_enabled() else None,
                     objective_state=objective.state_dict() if isinstance(objective, nn.Module) else None,
-                    epoch=epoch + 1, step=step, history=history.to_dict(),
+                    epoch=epoch + 1,
+                    step=step,
+                    history=history.to_dict(),
                 )
         if checkpoint_dir and main:
             from .checkpoint import save_checkpoint
