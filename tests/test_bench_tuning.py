@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdecor.benchmarks import tuning
-from sdecor.ops import decorrelation_triton as DT
+from sdecor.ops.decorrelation import triton as DT
 
 needs_triton = pytest.mark.skipif(DT._kernels is None, reason="triton is not importable")
 needs_interpreter = pytest.mark.skipif(not DT.can_run(torch.zeros(2, 2))[0], reason="no Triton interpreter here")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import sdecor
-from sdecor.ops.decorrelation_reference import decorrelation_reference
+from sdecor.ops.decorrelation.reference import decorrelation_reference
 
 
 def numpy_penalty(x: np.ndarray, mode: str, reduction: str, correction: int, groups: int, eps: float) -> float:

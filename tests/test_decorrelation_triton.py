@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import sdecor
-from sdecor.ops import decorrelation_triton as DT
-from sdecor.ops.decorrelation_reference import decorrelation_reference
+from sdecor.ops.decorrelation import triton as DT
+from sdecor.ops.decorrelation.reference import decorrelation_reference
 
 pytestmark = pytest.mark.skipif(
     not DT.can_run(torch.zeros(2, 2))[0] and not torch.cuda.is_available(),

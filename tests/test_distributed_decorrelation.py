@@ -4,7 +4,7 @@ Each rank's loss must equal the single-process loss on the concatenated batch an
 gradient must equal its slice of the single-process gradient (1e-6 relative), for both modes,
 both routes (natural and forced), groups, both reductions, uneven and empty slices, and
 (N, C, H, W) input. A two-process DistributedDataParallel training step under torchrun checks
-the DDP gradient scaling documented in sdecor.ops.decorrelation_distributed.
+the DDP gradient scaling documented in sdecor.ops.decorrelation.distributed.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from sdecor import DecorrelationLoss, decorrelation_loss
-from sdecor.ops.decorrelation_distributed import communication_volume
-from sdecor.ops.decorrelation_reference import decorrelation_reference
+from sdecor.ops.decorrelation.distributed import communication_volume
+from sdecor.ops.decorrelation.reference import decorrelation_reference
 
 RTOL = 1e-6
 
@@ -42,7 +42,7 @@ CASES = [
 
 def _worker(rank, world, init_file, out_prefix):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    from sdecor.ops.decorrelation_distributed import distributed_decorrelation_loss
+    from sdecor.ops.decorrelation.distributed import distributed_decorrelation_loss
 
     rows = []
     gen = torch.Generator().manual_seed(1234)
@@ -150,7 +150,7 @@ DDP_SCRIPT = textwrap.dedent(
     import torch, torch.distributed as dist, torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
     from sdecor import decorrelation_loss
-    from sdecor.ops.decorrelation_distributed import distributed_decorrelation_loss
+    from sdecor.ops.decorrelation.distributed import distributed_decorrelation_loss
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from sdecor.ops import _extension
-from sdecor.ops.mask_features import mask_features
-from sdecor.ops.mask_features_reference import mask_select_reference
+from sdecor.ops.masking import extension as _extension
+from sdecor.ops.masking.dispatch import mask_features
+from sdecor.ops.masking.reference import mask_select_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_CPP = _extension.has_cpu()
@@ -402,7 +402,7 @@ def test_shares_namespace_with_python_custom_ops(order):
         "def probe(x: torch.Tensor) -> torch.Tensor:\n"
         "    return x * 2\n"
     )
-    load = "from sdecor.ops import _extension\nassert _extension.has_cpu(), _extension.load_error()\n"
+    load = "from sdecor.ops.masking import extension as _extension\nassert _extension.has_cpu(), _extension.load_error()\n"
     body = (define + load) if order == "python_fragment_first" else (load + define)
     code = (
         "import torch\n"
@@ -421,7 +421,7 @@ def test_fallback_warns_once_without_extension():
         "import sys, warnings\n"
         "sys.modules['sdecor._C'] = None  # import of the extension now fails\n"
         "import torch\n"
-        "from sdecor.ops.mask_features import mask_features\n"
+        "from sdecor.ops.masking.dispatch import mask_features\n"
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    a = mask_features(torch.randn(2, 3, 4, 4), torch.rand(2, 4, 4), 0.5)\n"

@@ -242,7 +242,7 @@ def test_deletion_curves_use_the_top1_prediction_and_match_a_loop():
 def test_ranked_engine_equals_per_step_mask_features(monkeypatch, fill):
     """The rank-once engine (C++ or torch) masks exactly what mask_features masks at every step."""
     import sdecor.metrics.perturbation as P
-    from sdecor.ops.mask_features import mask_features
+    from sdecor.ops.masking.dispatch import mask_features
 
     g = torch.Generator().manual_seed(5)
     torch.manual_seed(5)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdecor.ops import _extension
-from sdecor.ops.mask_features import mask_features
-from sdecor.ops.ranked_masking import mask_fill_ranked, mask_ranks
+from sdecor.ops.masking import extension as _extension
+from sdecor.ops.masking.dispatch import mask_features
+from sdecor.ops.masking.ranked import mask_fill_ranked, mask_ranks
 
 HAS_CPP = _extension.available() and hasattr(torch.ops.sdecor, "mask_ranks")
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"sdecor._C not built ({_extension.load_error()})")

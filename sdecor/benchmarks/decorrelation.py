@@ -59,14 +59,14 @@ def bound_mb(n: int, d: int, dtype: torch.dtype) -> float:
 
 
 def _reference_loss(x):
-    from ..ops.decorrelation_reference import decorrelation_reference
+    from ..ops.decorrelation.reference import decorrelation_reference
 
     return decorrelation_reference(x)
 
 
 def _compiled_loss():
     """A fresh compiled function per group: each one is specialised to its shape (dynamic=False)."""
-    from ..ops.decorrelation_reference import decorrelation_reference
+    from ..ops.decorrelation.reference import decorrelation_reference
 
     def loss(x):
         return decorrelation_reference(x)
@@ -75,7 +75,7 @@ def _compiled_loss():
 
 
 def _triton_loss(x):
-    from ..ops.decorrelation import decorrelation_loss
+    from ..ops.decorrelation.dispatch import decorrelation_loss
 
     return decorrelation_loss(x, backend="triton")
 
@@ -124,7 +124,7 @@ def run(device: torch.device, quick: bool) -> list[Group]:
     if not cuda:
         triton_skip = "Triton interpreter on CPU: not a performance path"
     else:
-        from ..ops.decorrelation_triton import can_run
+        from ..ops.decorrelation.triton import can_run
 
         ok, why = can_run(torch.empty(2, 2, device=device))
         triton_skip = None if ok else why

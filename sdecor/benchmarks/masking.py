@@ -138,7 +138,7 @@ def copy_floor(x: torch.Tensor, saliency: torch.Tensor):
 
 
 def _ours(backend: str):
-    from ..ops.mask_features import mask_features
+    from ..ops.masking.dispatch import mask_features
 
     def fn(x, saliency, k, generator=None):
         return mask_features(x, saliency, k, fill="uniform", generator=generator, backend=backend)
@@ -158,7 +158,7 @@ def _fits(B: int, H: int, W: int, device: torch.device) -> bool:
 def run(device: torch.device, quick: bool, settings=None) -> list[Group]:
     """Groups of the suite; ``settings`` (a list of (B, H, W, layout, fraction)) overrides the sizes."""
     device = torch.device(device)
-    from ..ops import _extension
+    from ..ops.masking import extension as _extension
 
     if device.type == "cuda":
         ours_backend = "cuda" if _extension.has_cuda() else "reference"

@@ -251,7 +251,7 @@ QUICK_CANDIDATES = [
 def kernels_module():
     """The kernels module the Triton backend calls (``sdecor.kernels.decorrelation``); raises
     RuntimeError when triton is not importable."""
-    from ..ops import decorrelation_triton as DT
+    from ..ops.decorrelation import triton as DT
 
     if DT._kernels is None:
         raise RuntimeError(f"the Triton kernels are not importable ({DT._IMPORT_ERROR})")
@@ -306,7 +306,7 @@ def _plain(v):
 
 def _run_host(setting: Setting, K, sm_count: int, override: dict, on_launch) -> None:
     """Run the op's host code (``decorrelation_triton._forward``, loss and gradient) on meta tensors."""
-    from ..ops import decorrelation_triton as DT
+    from ..ops.decorrelation import triton as DT
 
     x = torch.empty(setting.n, setting.d, device="meta", dtype=setting.torch_dtype)
     with _patched_kernels(K, sm_count, override, on_launch):
@@ -1013,7 +1013,7 @@ def _tune_setting(
     paired_rounds: int,
     log,
 ) -> dict:
-    from ..ops.decorrelation_reference import decorrelation_reference
+    from ..ops.decorrelation.reference import decorrelation_reference
     from .decorrelation import (
         _compiled_loss,
         _fwd_bwd,
@@ -1250,7 +1250,7 @@ def sweep(
         raise ValueError(f"context must be 'none', 'cheap' or 'full', got {context!r}")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     quick = dev.type != "cuda" if quick is None else bool(quick)
-    from ..ops.decorrelation_triton import can_run
+    from ..ops.decorrelation.triton import can_run
 
     ok, why = can_run(torch.empty(2, 2, device=dev))
     if not ok:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._validation import check_choice, check_float_tensor, check_min_ndim, check_tensor
-from ..ops.mask_features import FILLS, mask_features
+from ..ops.masking.dispatch import FILLS, mask_features
 from ..saliency._base import input_gradient
 from ..train.loop import unwrap_model
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_int, check_positive_float
-from ..ops.mask_features import mask_features
+from ..ops.masking.dispatch import mask_features
 from ._common import (
     Objective,
     check_batch,

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from .._validation import broadcasts_to, check_choice, check_int, check_positive_float
-from ..ops.mask_features import mask_features
-from ..ops.ranked_masking import RankedFill, cpp_available, mask_ranks
+from ..ops.masking.dispatch import mask_features
+from ..ops.masking.ranked import RankedFill, cpp_available, mask_ranks
 from ._common import (
     PerturbationCurve,
     check_attributions,

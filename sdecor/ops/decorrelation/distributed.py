@@ -63,9 +63,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .._validation import check_choice
-from .decorrelation import validate_options
-from .decorrelation_reference import as_sample_matrix, decorrelation_reference, select_route
+from ..._validation import check_choice
+from .dispatch import validate_options
+from .reference import as_sample_matrix, decorrelation_reference, select_route
 
 __all__ = ["distributed_decorrelation_loss", "check_process_group", "scale_grad", "communication_volume"]
 

@@ -26,9 +26,9 @@ import numbers
 
 import torch
 
-from .._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
-from . import _extension
-from .mask_features_reference import mask_select_reference, mask_view_for, uniform_fill_reference
+from ..._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
+from . import extension as _extension
+from .reference import mask_select_reference, mask_view_for, uniform_fill_reference
 
 __all__ = ["mask_features", "FILLS", "BACKENDS"]
 

@@ -21,9 +21,9 @@ import numbers
 
 import torch
 
-from .._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
-from . import _extension
-from .mask_features_reference import mask_view_for
+from ..._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
+from . import extension as _extension
+from .reference import mask_view_for
 
 __all__ = ["mask_ranks", "mask_fill_ranked", "RankedFill", "cpp_available", "BACKENDS"]
 

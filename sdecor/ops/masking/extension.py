@@ -64,8 +64,8 @@ def load():
 
             # fake and autograd formulas of the ops (the package exports a function of the same name,
             # so import the module by its full name)
-            importlib.import_module("sdecor.ops.mask_features")._register_library_formulas()
-            importlib.import_module("sdecor.ops.ranked_masking")._register_library_formulas()
+            importlib.import_module("sdecor.ops.masking.dispatch")._register_library_formulas()
+            importlib.import_module("sdecor.ops.masking.ranked")._register_library_formulas()
         _state["tried"] = True
     return _state["module"]
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import (
+from ..._validation import (
     FLOAT_DTYPES,
     check_choice,
     check_float_tensor,
@@ -25,7 +25,7 @@ from .._validation import (
     check_min_ndim,
     check_positive_float,
 )
-from .decorrelation_reference import decorrelation_reference
+from .reference import decorrelation_reference
 
 __all__ = ["decorrelation_loss", "DecorrelationLoss", "MODES", "REDUCTIONS", "BACKENDS"]
 
@@ -67,7 +67,7 @@ def _validate(x, mode, reduction, correction, groups, eps, backend) -> None:
 def _resolve_backend(x: torch.Tensor, backend: str) -> str:
     if backend == "reference":
         return "reference"
-    from . import decorrelation_triton
+    from . import triton as decorrelation_triton
 
     ok, why = decorrelation_triton.can_run(x)
     if backend == "triton":
@@ -123,7 +123,7 @@ def decorrelation_loss(
             initialised.
     """
     if process_group is not None:
-        from .decorrelation_distributed import distributed_decorrelation_loss
+        from .distributed import distributed_decorrelation_loss
 
         return distributed_decorrelation_loss(
             x,
@@ -138,7 +138,7 @@ def decorrelation_loss(
     _validate(x, mode, reduction, correction, groups, eps, backend)
     chosen = _resolve_backend(x, backend)
     if chosen == "triton":
-        from .decorrelation_triton import decorrelation_triton
+        from .triton import decorrelation_triton
 
         return decorrelation_triton(x, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=eps)
     return decorrelation_reference(x, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=eps)

@@ -98,6 +98,6 @@ def uniform_fill_reference(x: torch.Tensor, mask_flat: torch.Tensor, u: torch.Te
 
 def mask_features_reference(x, saliency, k, *, largest=False, fill="uniform", generator=None):
     """:func:`sdecor.ops.mask_features.mask_features` forced onto the pure-torch reference backend."""
-    from .mask_features import mask_features
+    from .dispatch import mask_features
 
     return mask_features(x, saliency, k, largest=largest, fill=fill, generator=generator, backend="reference")
