@@ -3,7 +3,7 @@
 Top level: the two ops (:func:`decorrelation_loss`, :class:`DecorrelationLoss`,
 :func:`mask_features`). Subpackages, imported on first access (``sdecor.saliency`` etc.):
 
-* ``sdecor.ops``        the ops: reference, fused backends, dispatch, custom-op registration
+* ``sdecor.ops``        one folder per op (``decorrelation``, ``masking``): reference, fused backend, dispatch
 * ``sdecor.losses``     SaliencyDecor and the baselines' objectives
 * ``sdecor.saliency``   attribution methods (Captum-style classes)
 * ``sdecor.metrics``    saliency evaluation metrics (batched, on the device)

@@ -402,7 +402,9 @@ def test_shares_namespace_with_python_custom_ops(order):
         "def probe(x: torch.Tensor) -> torch.Tensor:\n"
         "    return x * 2\n"
     )
-    load = "from sdecor.ops.masking import extension as _extension\nassert _extension.has_cpu(), _extension.load_error()\n"
+    load = (
+        "from sdecor.ops.masking import extension as _extension\nassert _extension.has_cpu(), _extension.load_error()\n"
+    )
     body = (define + load) if order == "python_fragment_first" else (load + define)
     code = (
         "import torch\n"

@@ -2,7 +2,7 @@
 
 ``decorrelation_loss(x, *, mode, reduction, correction, groups, eps, backend)`` returns the
 scalar penalty P = sum_{i != j} M_ij^2 over the diagonal blocks of the covariance or correlation
-matrix M of the features of ``x`` (see :mod:`sdecor.ops.decorrelation_reference` for the math).
+matrix M of the features of ``x`` (see :mod:`sdecor.ops.decorrelation.reference` for the math).
 
 Backends:
 
@@ -17,40 +17,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..._validation import (
-    FLOAT_DTYPES,
-    check_choice,
-    check_float_tensor,
-    check_int,
-    check_min_ndim,
-    check_positive_float,
-)
+from ..._validation import check_choice, check_int, check_positive_float
+from .options import BACKENDS, MODES, REDUCTIONS, validate_options
 from .reference import decorrelation_reference
 
 __all__ = ["decorrelation_loss", "DecorrelationLoss", "MODES", "REDUCTIONS", "BACKENDS"]
-
-MODES = ("correlation", "covariance")
-REDUCTIONS = ("mean", "sum")
-BACKENDS = ("auto", "reference", "triton")
-
-
-def validate_options(x, mode, reduction, correction, groups, eps, backend) -> None:
-    """Check everything but the sample count (the distributed path counts samples globally)."""
-    check_float_tensor(x, "x", FLOAT_DTYPES)
-    check_min_ndim(x, "x", 2, "(N, D) or (N, C, *spatial)")
-    check_choice(mode, "mode", MODES)
-    check_choice(reduction, "reduction", REDUCTIONS)
-    check_choice(backend, "backend", BACKENDS)
-    check_int(correction, "correction", low=0)
-    check_int(groups, "groups", low=1)
-    check_positive_float(eps, "eps", allow_zero=True)
-    features = x.shape[1]
-    if features % groups != 0:
-        raise ValueError(f"groups must divide the feature dimension D={features} of x, got groups={groups}")
-    if features // groups < 2:
-        raise ValueError(
-            f"each group needs at least 2 features to decorrelate; x has D={features} features in groups={groups}"
-        )
 
 
 def _validate(x, mode, reduction, correction, groups, eps, backend) -> None:
@@ -106,11 +77,11 @@ def decorrelation_loss(
             the concatenated batch, and the gradient reaching ``x`` is this rank's slice of the
             single-process gradient. Under DistributedDataParallel, whose gradient averaging
             would weight this slice 1/W too little, use
-            ``sdecor.ops.decorrelation_distributed.distributed_decorrelation_loss(..., ddp_grad=True)``.
+            ``sdecor.ops.decorrelation.distributed.distributed_decorrelation_loss(..., ddp_grad=True)``.
             Communication: route D all-reduces the G upper triangles of the g x g blocks plus D
             column sums; route N (global n < g) all-gathers the samples; nothing in backward.
             Uses the torch math on any device (backend "triton" is refused). See
-            :mod:`sdecor.ops.decorrelation_distributed`.
+            :mod:`sdecor.ops.decorrelation.distributed`.
 
     Returns:
         A 0-dim tensor: float32 for float16/bfloat16/float32 input, float64 for float64 input.

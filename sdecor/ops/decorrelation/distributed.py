@@ -30,7 +30,7 @@ chosen by the *global* n, as in the single-process op):
   share of it is not zero, which is why it is dropped rather than propagated from one rank only).
 
 The per-rank math is plain torch on ``x``'s device (the same formulas as
-:mod:`sdecor.ops.decorrelation_reference`); when the Triton backend is present the distributed
+:mod:`sdecor.ops.decorrelation.reference`); when the Triton backend is present the distributed
 path still uses it (``backend="auto"`` and ``"reference"`` are accepted, ``"triton"`` is refused):
 the fused kernels produce a per-rank gradient in their forward pass, which needs the global
 statistics first.
@@ -64,7 +64,7 @@ import torch
 import torch.distributed as dist
 
 from ..._validation import check_choice
-from .dispatch import validate_options
+from .options import validate_options
 from .reference import as_sample_matrix, decorrelation_reference, select_route
 
 __all__ = ["distributed_decorrelation_loss", "check_process_group", "scale_grad", "communication_volume"]

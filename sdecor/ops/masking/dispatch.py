@@ -14,108 +14,25 @@ generator state, the other fills are computed by the same torch expression every
   radix select honouring the tie rule, then one fused write pass.
 * ``"auto"``: cuda for CUDA tensors when built, cpp for CPU tensors when built, reference otherwise.
 
-The fake (meta) and autograd formulas of the compiled ops are registered from Python here
-(``torch.library.register_fake`` / ``register_autograd``) when the extension loads.
+Argument checks: :mod:`sdecor.ops.masking.checks`. The fake (meta) and autograd formulas of the
+compiled ops: :mod:`sdecor.ops.masking.library`, registered when the extension loads.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import numbers
-
 import torch
 
-from ..._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
+from ..._validation import check_choice, check_tensor
 from . import extension as _extension
+from .checks import FILLS, check_batched, check_counts, check_fill, check_largest, check_layout
 from .reference import mask_select_reference, mask_view_for, uniform_fill_reference
 
-__all__ = ["mask_features", "FILLS", "BACKENDS"]
+__all__ = ["mask_features", "mask_features_reference", "FILLS", "BACKENDS"]
 
-FILLS = ("uniform", "mean")
 BACKENDS = ("auto", "reference", "cpp", "cuda")
 
 
-# --------------------------------------------------------------------------- validation
-
-
-def _mask_layout(x: torch.Tensor, saliency: torch.Tensor) -> tuple[int, bool]:
-    """(F, pixel_mode): saliency elements per sample, and whether one entry masks all channels."""
-    B = x.shape[0]
-    if saliency.ndim == 0 or saliency.shape[0] != B:
-        got = saliency.shape[0] if saliency.ndim else "none (0-dim)"
-        raise ValueError(f"saliency must have the batch size of x ({B}), got {got} (shape {tuple(saliency.shape)})")
-    if saliency.shape == x.shape:
-        return (x[0].numel() if B else math.prod(x.shape[1:])), False
-    if x.ndim == 4:
-        _, _, H, W = x.shape
-        if tuple(saliency.shape) in ((B, 1, H, W), (B, H, W)):
-            return H * W, True
-    expected = f"x's shape {tuple(x.shape)}"
-    if x.ndim == 4:
-        expected += f", ({B}, 1, {x.shape[2]}, {x.shape[3]}) or ({B}, {x.shape[2]}, {x.shape[3]})"
-    raise ValueError(f"saliency must have {expected}, got shape {tuple(saliency.shape)}")
-
-
-def _counts(k, B: int, F: int, device: torch.device) -> tuple[torch.Tensor, int]:
-    """k in any accepted form -> ((B,) int64 counts on ``device``, their sum)."""
-    if isinstance(k, torch.Tensor) and k.ndim == 0:
-        if k.dtype == torch.bool:
-            raise TypeError("k must be an int, a float fraction or a (B,) integer tensor, got a bool tensor")
-        k = k.item()
-    if isinstance(k, torch.Tensor):
-        if k.dtype == torch.bool or k.is_floating_point() or k.is_complex():
-            raise TypeError(f"a k tensor must have an integer dtype, got {str(k.dtype).replace('torch.', '')}")
-        if k.ndim != 1 or k.shape[0] != B:
-            raise ValueError(f"a k tensor must have shape ({B},) (one count per sample), got {tuple(k.shape)}")
-        if k.device != device and k.device.type != "cpu":
-            raise ValueError(f"a k tensor must be on the CPU or on saliency's device ({device}), got {k.device}")
-        counts = k.to(device=device, dtype=torch.int64)
-        if B == 0:
-            return counts, 0
-        low, high, total = torch.stack([counts.min(), counts.max(), counts.sum()]).tolist()
-        if low < 0:
-            raise ValueError(f"k must be >= 0 in every sample, got a count of {low}")
-        if high > F:
-            raise ValueError(f"k must be <= {F} (the saliency elements per sample), got a count of {high}")
-        return counts, int(total)
-    if isinstance(k, bool):
-        raise TypeError("k must be an int, a float fraction or a (B,) integer tensor, got bool")
-    if isinstance(k, numbers.Integral):
-        count = int(k)
-        if count < 0:
-            raise ValueError(f"k must be >= 0, got {count}")
-        if count > F:
-            raise ValueError(f"k must be <= {F} (the saliency elements per sample), got {count}")
-    elif isinstance(k, numbers.Real):
-        frac = float(k)
-        if not (0.0 <= frac <= 1.0):  # also rejects NaN
-            raise ValueError(f"a fractional k must lie in [0, 1], got {frac}")
-        count = int(math.floor(frac * F))
-    else:
-        raise TypeError(f"k must be an int, a float fraction or a (B,) integer tensor, got {type(k).__name__}")
-    return torch.full((B,), count, dtype=torch.int64, device=device), count * B
-
-
-def _check_fill(fill, x: torch.Tensor):
-    if isinstance(fill, str):
-        check_choice(fill, "fill", FILLS)
-        return fill
-    if isinstance(fill, torch.Tensor):
-        if fill.ndim > 0 and fill.device != x.device:
-            raise ValueError(f"a fill tensor must be on x's device ({x.device}), got {fill.device}")
-        if fill.dtype == torch.bool or fill.is_complex():
-            raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
-        if not broadcasts_to(fill.shape, x.shape):
-            raise ValueError(
-                f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}"
-            )
-        return fill
-    if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
-        raise TypeError(
-            f"fill must be 'uniform', 'mean', a number or a tensor broadcastable to x, got {type(fill).__name__}"
-        )
-    return float(fill)
+# --------------------------------------------------------------------------- backend
 
 
 def _resolve_backend(backend: str, device: torch.device) -> str:
@@ -193,21 +110,18 @@ def mask_features(
             tensor of the wrong length; an unknown fill string; a fill tensor that does not
             broadcast to x; an unknown backend or one that cannot run here.
     """
-    check_float_tensor(x, "x", FLOAT_DTYPES)
-    if x.ndim < 1:
-        raise ValueError("x must have a batch dimension (B, ...), got a 0-dim tensor")
+    check_batched(x, "x")
     check_tensor(saliency, "saliency")
     if not saliency.is_floating_point():
         raise TypeError(f"saliency must be a floating tensor, got {str(saliency.dtype).replace('torch.', '')}")
     if saliency.device != x.device:
         raise ValueError(f"saliency must be on x's device ({x.device}), got {saliency.device}")
-    if not isinstance(largest, bool):
-        raise TypeError(f"largest must be a bool, got {type(largest).__name__}")
+    check_largest(largest)
     check_choice(backend, "backend", BACKENDS)
-    F, pixel_mode = _mask_layout(x, saliency)
+    F, pixel_mode = check_layout(x, saliency)
     B = x.shape[0]
-    counts, total = _counts(k, B, F, x.device)
-    fill = _check_fill(fill, x)
+    counts, total = check_counts(k, B, x.device, positions=F, device_name="saliency")
+    fill = check_fill(fill, x)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -266,32 +180,6 @@ def _uniform_fill(x, mask_flat, n_draws, generator, chosen):
     return torch.ops.sdecor.mask_fill_uniform(x, mask_flat, u)
 
 
-# --------------------------------------------------------------------------- torch.library formulas
-
-
-@functools.cache
-def _register_library_formulas() -> None:
-    """Fake and autograd formulas of the compiled ops (run once, when sdecor._C loads)."""
-
-    @torch.library.register_fake("sdecor::mask_select")
-    def _mask_select_fake(saliency, k, largest):
-        torch._check(saliency.dim() == 2, lambda: "mask_select: saliency must be (B, F)")
-        torch._check(k.dim() == 1, lambda: "mask_select: k must be (B,)")
-        return saliency.new_empty(saliency.shape, dtype=torch.bool)
-
-    @torch.library.register_fake("sdecor::mask_fill_uniform")
-    def _mask_fill_uniform_fake(x, mask, u):
-        torch._check(mask.dim() == 2, lambda: "mask_fill_uniform: mask must be (B, F)")
-        return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-    def _setup(ctx, inputs, output):
-        x, mask = inputs[0], inputs[1]
-        ctx.x_shape = tuple(x.shape)
-        ctx.save_for_backward(mask)
-
-    def _backward(ctx, grad):
-        (mask,) = ctx.saved_tensors
-        grad_x = grad.masked_fill(mask_view_for(ctx.x_shape, mask), 0)
-        return grad_x, None, None
-
-    torch.library.register_autograd("sdecor::mask_fill_uniform", _backward, setup_context=_setup)
+def mask_features_reference(x, saliency, k, *, largest=False, fill="uniform", generator=None):
+    """:func:`mask_features` forced onto the pure-torch reference backend."""
+    return mask_features(x, saliency, k, largest=largest, fill=fill, generator=generator, backend="reference")

@@ -3,8 +3,10 @@
 ``sdecor._C`` (built from ``csrc/``) defines the ``torch.ops.sdecor`` ops of batched saliency
 masking (``mask_select``, ``mask_fill_uniform``) with a CPU implementation, and a CUDA one when
 it was built with ``SDECOR_BUILD_CUDA=1``; and the rank-once ops of the perturbation curves
-(``mask_ranks``, ``mask_fill_ranked``), CPU only. When it is missing or fails to load, the package keeps
-working on the pure-torch references and warns once, saying how to build it.
+(``mask_ranks``, ``mask_fill_ranked``), CPU only. Their fake and autograd formulas live in
+:mod:`sdecor.ops.masking.library`, imported here once the ops exist. When the extension is missing
+or fails to load, the package keeps working on the pure-torch references and warns once, saying
+how to build it.
 
 Nothing here is imported at package import time: the first caller that needs the extension
 triggers the load (and the warning, if any).
@@ -60,12 +62,7 @@ def load():
             )
         else:
             _state["module"] = module
-            import importlib
-
-            # fake and autograd formulas of the ops (the package exports a function of the same name,
-            # so import the module by its full name)
-            importlib.import_module("sdecor.ops.masking.dispatch")._register_library_formulas()
-            importlib.import_module("sdecor.ops.masking.ranked")._register_library_formulas()
+            from . import library  # noqa: F401  (registers the ops' fake and autograd formulas)
         _state["tried"] = True
     return _state["module"]
 

@@ -1,7 +1,7 @@
 """Rank once, mask many times: the masking of every step of a perturbation curve.
 
 A deletion or pixel-flipping curve masks the 1, 2, ..., n most salient positions of the same
-inputs. Instead of one selection per step (:func:`sdecor.ops.mask_features.mask_features`),
+inputs. Instead of one selection per step (:func:`sdecor.ops.masking.dispatch.mask_features`),
 :func:`mask_ranks` ranks each sample's positions once, and :func:`mask_fill_ranked` builds any
 step as ``where(ranks < k, fill, x)``. The positions masked for a count k are exactly those of
 ``mask_features(x, saliency, k, largest=...)``: ascending (value, flat index) pairs (``largest``:
@@ -15,14 +15,13 @@ extension is built, reference otherwise (on CUDA, sort and where are single kern
 
 from __future__ import annotations
 
-import functools
 import math
-import numbers
 
 import torch
 
-from ..._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor, check_tensor
+from ..._validation import check_choice, check_tensor
 from . import extension as _extension
+from .checks import check_batched, check_counts, check_fill, check_largest, check_layout
 from .reference import mask_view_for
 
 __all__ = ["mask_ranks", "mask_fill_ranked", "RankedFill", "cpp_available", "BACKENDS"]
@@ -74,11 +73,8 @@ def mask_ranks(saliency: torch.Tensor, *, largest: bool = False, backend: str = 
         ValueError: saliency 0-dim, with NaN, more than 2^31 - 1 elements per sample, or a
             backend that cannot run here.
     """
-    check_float_tensor(saliency, "saliency", FLOAT_DTYPES)
-    if saliency.ndim < 1:
-        raise ValueError("saliency must have a batch dimension (B, ...), got a 0-dim tensor")
-    if not isinstance(largest, bool):
-        raise TypeError(f"largest must be a bool, got {type(largest).__name__}")
+    check_batched(saliency, "saliency")
+    check_largest(largest)
     b = saliency.shape[0]
     flat = saliency.detach().reshape(b, saliency[0].numel() if b else math.prod(saliency.shape[1:]))
     if flat.shape[1] > 2**31 - 1:
@@ -90,48 +86,6 @@ def mask_ranks(saliency: torch.Tensor, *, largest: bool = False, backend: str = 
             raise ValueError("saliency must not contain NaN")
         ranks = _ranks_reference(flat, largest)
     return ranks.view(saliency.shape)
-
-
-def _check_layout(x: torch.Tensor, ranks: torch.Tensor) -> None:
-    if ranks.shape == x.shape:
-        return
-    expected = f"x's shape {tuple(x.shape)}"
-    if x.ndim == 4:
-        b, _, h, w = x.shape
-        if tuple(ranks.shape) in ((b, 1, h, w), (b, h, w)):
-            return
-        expected += f", ({b}, 1, {h}, {w}) or ({b}, {h}, {w})"
-    raise ValueError(f"ranks must have {expected}, got shape {tuple(ranks.shape)}")
-
-
-def _check_counts(k, b: int, device: torch.device) -> torch.Tensor | int:
-    if isinstance(k, bool) or (isinstance(k, torch.Tensor) and k.dtype == torch.bool):
-        raise TypeError("k must be an int or a (B,) integer tensor, got a bool")
-    if isinstance(k, numbers.Integral):
-        return int(k)
-    if not isinstance(k, torch.Tensor):
-        raise TypeError(f"k must be an int or a (B,) integer tensor, got {type(k).__name__}")
-    if k.is_floating_point() or k.is_complex():
-        raise TypeError(f"a k tensor must have an integer dtype, got {str(k.dtype).replace('torch.', '')}")
-    if k.ndim != 1 or k.shape[0] != b:
-        raise ValueError(f"a k tensor must have shape ({b},) (one count per sample), got {tuple(k.shape)}")
-    if k.device != device and k.device.type != "cpu":
-        raise ValueError(f"a k tensor must be on the CPU or on x's device ({device}), got {k.device}")
-    return k.to(device=device, dtype=torch.int64)
-
-
-def _check_fill(fill, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(fill, bool) or not isinstance(fill, (numbers.Real, torch.Tensor)):
-        raise TypeError(f"fill must be a number or a tensor broadcastable to x, got {type(fill).__name__}")
-    if not isinstance(fill, torch.Tensor):
-        return torch.tensor(float(fill), dtype=x.dtype, device=x.device)
-    if fill.dtype == torch.bool or fill.is_complex():
-        raise TypeError(f"a fill tensor must be real-valued, got {str(fill.dtype).replace('torch.', '')}")
-    if fill.ndim > 0 and fill.device != x.device:
-        raise ValueError(f"a fill tensor must be on x's device ({x.device}), got {fill.device}")
-    if not broadcasts_to(fill.shape, x.shape):
-        raise ValueError(f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}")
-    return fill.to(dtype=x.dtype, device=x.device)
 
 
 def mask_fill_ranked(x: torch.Tensor, ranks: torch.Tensor, k, fill=0.0, *, backend: str = "auto") -> torch.Tensor:
@@ -155,22 +109,22 @@ def mask_fill_ranked(x: torch.Tensor, ranks: torch.Tensor, k, fill=0.0, *, backe
         ValueError: ranks of the wrong shape or device, a k tensor of the wrong shape or device,
             a fill that does not broadcast to x, a backend that cannot run here.
     """
-    check_float_tensor(x, "x", FLOAT_DTYPES)
-    if x.ndim < 1:
-        raise ValueError("x must have a batch dimension (B, ...), got a 0-dim tensor")
+    check_batched(x, "x")
     check_tensor(ranks, "ranks")
     if ranks.dtype != torch.int32:
         raise TypeError(f"ranks must be int32 (from mask_ranks), got {str(ranks.dtype).replace('torch.', '')}")
     if ranks.device != x.device:
         raise ValueError(f"ranks must be on x's device ({x.device}), got {ranks.device}")
-    _check_layout(x, ranks)
-    counts = _check_counts(k, x.shape[0], x.device)
-    fill_t = _check_fill(fill, x)
+    check_layout(x, ranks, "ranks")
+    counts, _ = check_counts(k, x.shape[0], x.device)
+    fill = check_fill(fill, x, strings=())
+    if isinstance(fill, float):
+        fill_t = torch.tensor(fill, dtype=x.dtype, device=x.device)
+    else:
+        fill_t = fill.to(dtype=x.dtype, device=x.device)
     use_cpp = _use_cpp(backend, x.device)
     if torch.is_grad_enabled() and (x.requires_grad or fill_t.requires_grad):
         use_cpp = False
-    if isinstance(counts, int):
-        counts = torch.full((x.shape[0],), counts, dtype=torch.int64, device=x.device)
     return RankedFill(x, ranks, fill_t, use_cpp)(counts)
 
 
@@ -218,18 +172,3 @@ class RankedFill:
         if self.use_cpp:
             return torch.ops.sdecor.mask_fill_ranked(x, ranks, counts, fill).view((n,) + self.sample_shape)
         return torch.where(ranks < counts.view((-1,) + (1,) * (x.ndim - 1)), fill, x)
-
-
-@functools.cache
-def _register_library_formulas() -> None:
-    """Fake (meta) formulas of the compiled ops (run once, when sdecor._C loads)."""
-
-    @torch.library.register_fake("sdecor::mask_ranks")
-    def _mask_ranks_fake(saliency, largest):
-        torch._check(saliency.dim() == 2, lambda: "mask_ranks: saliency must be (B, F)")
-        return saliency.new_empty(saliency.shape, dtype=torch.int32)
-
-    @torch.library.register_fake("sdecor::mask_fill_ranked")
-    def _mask_fill_ranked_fake(x, ranks, k, fill):
-        torch._check(x.dim() == 3, lambda: "mask_fill_ranked: x must be (B, R, S)")
-        return torch.empty(x.shape, dtype=x.dtype, device=x.device)

@@ -13,6 +13,9 @@ Two pieces, shared with the compiled backends so that every backend gives the sa
   and rounded once to x's dtype. The C++ and CUDA fill kernels compute the same expression with
   the same roundings (no fused multiply-add), so the results are bitwise identical.
   ``lo``/``scale`` are the per sample and channel min and max - min of x (:func:`channel_range`).
+
+The whole op on this backend is ``mask_features(..., backend="reference")``
+(:func:`sdecor.ops.masking.dispatch.mask_features_reference`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ __all__ = [
     "uniform_fill_reference",
     "channel_range",
     "mask_view_for",
-    "mask_features_reference",
 ]
 
 
@@ -32,7 +34,7 @@ def mask_select_reference(saliency_flat: torch.Tensor, k: torch.Tensor, largest:
     """Bool (B, F) mask with exactly ``k[b]`` True entries in row b (stable-sort order, see module doc).
 
     ``saliency_flat``: (B, F) floating tensor without NaN; ``k``: (B,) int64 on the same device,
-    0 <= k[b] <= F (not checked here; :func:`sdecor.ops.mask_features.mask_features` checks).
+    0 <= k[b] <= F (not checked here; the dispatcher, :func:`sdecor.ops.masking.dispatch.mask_features`, checks).
     """
     B, F = saliency_flat.shape
     order = torch.sort(saliency_flat, dim=1, stable=True, descending=bool(largest)).indices
@@ -94,10 +96,3 @@ def uniform_fill_reference(x: torch.Tensor, mask_flat: torch.Tensor, u: torch.Te
     scale_e = scale.view(B, C, 1).expand(B, C, S).reshape(x.shape)[mask_x]
     out[mask_x] = (lo_e + scale_e * u).to(x.dtype)
     return out
-
-
-def mask_features_reference(x, saliency, k, *, largest=False, fill="uniform", generator=None):
-    """:func:`sdecor.ops.mask_features.mask_features` forced onto the pure-torch reference backend."""
-    from .dispatch import mask_features
-
-    return mask_features(x, saliency, k, largest=largest, fill=fill, generator=generator, backend="reference")
