@@ -150,7 +150,7 @@ def run(args) -> int:
     from ..train import load_checkpoint, resolve_device
 
     try:
-        from ..saliency import METHODS
+        from ..saliency import ATTRIBUTION_METHODS as METHODS
     except ImportError as exc:  # pragma: no cover - the package ships it
         raise ValueError(f"sdecor.saliency is not available: {exc}") from exc
     key = args.method.lower().replace("-", "_")

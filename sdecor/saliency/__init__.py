@@ -5,27 +5,24 @@ and takes ``target`` as an int, a list of B ints, a (B,) integer tensor, or None
 predicted class. The model is used as given (train/eval mode untouched, as in Captum). See
 :mod:`sdecor.saliency._base` for the shared conventions.
 
-``METHODS`` maps the names used by ``sdecor explain --method`` to the classes.
+``ATTRIBUTION_METHODS`` maps the names used by ``sdecor explain --method`` to the classes
+(``METHODS`` is the same dict, under its former name).
 """
 
-from ._base import Attribution, resolve_target
+from ._base import Attribution
 from .dance import DANCE, Decoys
 from .gradient import Gradient, InputXGradient
 from .guided_backprop import GuidedBackprop
 from .integrated_gradients import IG_METHODS, IntegratedGradients
 from .rectgrad import NoBiasRectGrad, RectGrad
+from .registry import BASE_METHODS
 from .smoothgrad import NT_TYPES, SmoothGrad
+from .targets import resolve_target
 
-METHODS = {
-    "gradient": Gradient,
-    "input_x_gradient": InputXGradient,
-    "smoothgrad": SmoothGrad,
-    "integrated_gradients": IntegratedGradients,
-    "guided_backprop": GuidedBackprop,
-    "rectgrad": RectGrad,
-    "nobias_rectgrad": NoBiasRectGrad,
-    "dance": DANCE,
-}
+#: name -> attribution class, for every method (the names ``sdecor explain --method`` takes)
+ATTRIBUTION_METHODS = {**BASE_METHODS, "dance": DANCE}
+#: former name of :data:`ATTRIBUTION_METHODS`
+METHODS = ATTRIBUTION_METHODS
 
 __all__ = [
     "Attribution",
@@ -38,6 +35,8 @@ __all__ = [
     "NoBiasRectGrad",
     "DANCE",
     "Decoys",
+    "ATTRIBUTION_METHODS",
+    "BASE_METHODS",
     "METHODS",
     "NT_TYPES",
     "IG_METHODS",

@@ -6,7 +6,8 @@ Conventions (Captum's, unless a docstring says otherwise):
   logits of shape (B, K). The attribution has the shape, dtype and device of ``inputs``.
 * ``target`` picks the logit to explain: an int (the same class for every sample), a list of B
   ints, a (B,) (or 0-dim) integer tensor, or ``None`` for the predicted class (argmax of the
-  model's output on ``inputs``). :func:`resolve_target` is the one place where this is checked.
+  model's output on ``inputs``). :func:`sdecor.saliency.targets.resolve_target` is the one place
+  where this is checked (the metrics use it too).
 * The model is used as given: train/eval mode is never switched (as in Captum). In train mode
   BatchNorm uses batch statistics (and updates its running statistics) and Dropout is random in
   every forward pass the method makes; call ``model.eval()`` first for deterministic maps.
@@ -25,11 +26,10 @@ import torch
 from torch import nn
 
 from .._validation import FLOAT_DTYPES, check_float_tensor, check_min_ndim
+from .targets import resolve_target, select_logits
 
 __all__ = [
     "Attribution",
-    "resolve_target",
-    "select_logits",
     "input_gradient",
     "check_inputs",
     "relu_modules",
@@ -103,7 +103,7 @@ class Attribution(abc.ABC):
 
 
 # ---------------------------------------------------------------------------------------------
-# inputs and targets
+# inputs
 # ---------------------------------------------------------------------------------------------
 def check_inputs(inputs, name: str = "inputs") -> torch.Tensor:
     """Raise TypeError/ValueError unless ``inputs`` is a floating (B, ...) tensor with B >= 1."""
@@ -112,87 +112,6 @@ def check_inputs(inputs, name: str = "inputs") -> torch.Tensor:
     if inputs.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one sample, got shape {tuple(inputs.shape)}")
     return inputs
-
-
-def resolve_target(target, batch_size: int, device: torch.device, output: torch.Tensor | None = None) -> torch.Tensor:
-    """Normalise ``target`` to a (B,) int64 tensor on ``device``.
-
-    Args:
-        target: an int, a list/tuple of B ints, a 0-dim or (B,) integer tensor, or None.
-        batch_size: B.
-        device: where the result lives.
-        output: the model's (B, K) output on the inputs. Needed for ``target=None`` (its argmax)
-            and for the class-range check ``target < K``; without it only ``target >= 0`` is checked.
-
-    Raises:
-        TypeError: a float/bool value or tensor, a list holding non-ints, another type.
-        ValueError: a list/tensor whose length is not B, a class outside [0, K).
-    """
-    if target is None:
-        if output is None:
-            raise ValueError("target=None needs the model output to take its argmax")
-        _check_output(output, batch_size)
-        return output.detach().argmax(dim=1)
-    if isinstance(target, bool):
-        raise TypeError(f"target must be an int, a list of ints, an integer tensor or None, got bool {target!r}")
-    if isinstance(target, int):
-        if target < 0:
-            raise ValueError(f"target must be a class index >= 0, got {target}")
-        if output is not None:
-            _check_output(output, batch_size)
-            if target >= output.shape[1]:
-                raise ValueError(f"target {target} is out of range for a model with {output.shape[1]} classes")
-        return torch.full((batch_size,), target, dtype=torch.long, device=device)
-    if isinstance(target, (list, tuple)):
-        if any(isinstance(t, bool) or not isinstance(t, int) for t in target):
-            bad = next(t for t in target if isinstance(t, bool) or not isinstance(t, int))
-            raise TypeError(f"target as a list must hold ints, got {type(bad).__name__} {bad!r}")
-        if len(target) != batch_size:
-            raise ValueError(f"target as a list must have one class per sample ({batch_size}), got {len(target)}")
-        if any(t < 0 for t in target):
-            raise ValueError(f"target must hold class indices >= 0, got {min(target)}")
-        if output is not None:
-            _check_output(output, batch_size)
-            if max(target) >= output.shape[1]:
-                raise ValueError(f"target {max(target)} is out of range for a model with {output.shape[1]} classes")
-        return torch.tensor(list(target), dtype=torch.long, device=device)
-    if isinstance(target, torch.Tensor):
-        if target.dtype == torch.bool or target.is_floating_point() or target.is_complex():
-            raise TypeError(
-                f"target as a tensor must have an integer dtype, got {str(target.dtype).replace('torch.', '')}"
-            )
-        if target.ndim == 0:
-            target = target.reshape(1).expand(batch_size)
-        elif target.ndim != 1 or target.shape[0] not in (1, batch_size):
-            raise ValueError(f"target as a tensor must be 0-dim or of shape ({batch_size},), got {tuple(target.shape)}")
-        elif target.shape[0] == 1:
-            target = target.expand(batch_size)
-        target = target.to(device=device, dtype=torch.long)
-        # one device sync, once per call
-        if output is not None:
-            _check_output(output, batch_size)
-            low, high = int(target.min()), int(target.max())
-            if high >= output.shape[1]:
-                raise ValueError(f"target {high} is out of range for a model with {output.shape[1]} classes")
-        else:
-            low = int(target.min())
-        if low < 0:
-            raise ValueError(f"target must hold class indices >= 0, got {low}")
-        return target.contiguous()
-    raise TypeError(f"target must be an int, a list of ints, an integer tensor or None, got {type(target).__name__}")
-
-
-def _check_output(output, batch_size: int) -> None:
-    if not isinstance(output, torch.Tensor):
-        raise TypeError(f"the model must return a tensor of logits (B, K), got {type(output).__name__}")
-    if output.ndim != 2 or output.shape[0] != batch_size:
-        raise ValueError(f"the model must return logits of shape ({batch_size}, K), got {tuple(output.shape)}")
-
-
-def select_logits(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The (N,) logits ``output[i, target[i]]``; ``output`` must be (N, K)."""
-    _check_output(output, target.shape[0])
-    return output.gather(1, target[:, None]).squeeze(1)
 
 
 def input_gradient(model, inputs: torch.Tensor, target, create_graph: bool = False) -> torch.Tensor:

@@ -55,6 +55,7 @@ from torch import nn
 
 from .._validation import check_choice, check_int, check_positive_float
 from ._base import Attribution, check_inputs, row_chunks
+from .registry import BASE_METHODS
 
 __all__ = ["DANCE", "Decoys", "EPS_MODES"]
 
@@ -143,13 +144,11 @@ class DANCE(Attribution):
         self.base_method = self._make_base(base_method)
 
     def _make_base(self, base_method):
-        from . import METHODS
-
         if isinstance(base_method, str):
-            if base_method not in METHODS or METHODS[base_method] is DANCE:
-                names = ", ".join(sorted(k for k, v in METHODS.items() if v is not DANCE))
+            if base_method not in BASE_METHODS:
+                names = ", ".join(sorted(BASE_METHODS))
                 raise ValueError(f"base_method must be one of {names}, got {base_method!r}")
-            return METHODS[base_method](self.model)
+            return BASE_METHODS[base_method](self.model)
         if isinstance(base_method, type) and issubclass(base_method, Attribution):
             if base_method is DANCE:
                 raise ValueError("base_method cannot be DANCE itself")

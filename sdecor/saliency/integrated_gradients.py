@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from .._validation import check_choice, check_int
-from ._base import Attribution, check_inputs, resolve_target, row_chunks, select_logits
+from ._base import Attribution, check_inputs, row_chunks
+from .targets import resolve_target, select_logits
 
 __all__ = ["IntegratedGradients", "IG_METHODS", "quadrature"]
 

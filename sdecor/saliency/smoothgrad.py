@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_choice, check_int, check_positive_float
-from ._base import Attribution, check_inputs, resolve_target, row_chunks, select_logits
+from ._base import Attribution, check_inputs, row_chunks
+from .targets import resolve_target, select_logits
 
 __all__ = ["SmoothGrad", "NT_TYPES"]
 
