@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sdecor.metrics as M
-from sdecor.metrics.perturbation import _rise_kernel_1d
+from sdecor.metrics.perturbation.substrates import _rise_kernel_1d
 
 pytestmark = pytest.mark.filterwarnings("ignore:sdecor. the C.. extension")
 
@@ -241,7 +241,8 @@ def test_deletion_curves_use_the_top1_prediction_and_match_a_loop():
 @pytest.mark.parametrize("fill", ["black", "blur", 0.25])
 def test_ranked_engine_equals_per_step_mask_features(monkeypatch, fill):
     """The rank-once engine (C++ or torch) masks exactly what mask_features masks at every step."""
-    import sdecor.metrics.perturbation as P
+    import sdecor.metrics.perturbation.engine as P
+    from sdecor.metrics.perturbation.substrates import make_substrate
     from sdecor.ops.masking.dispatch import mask_features
 
     g = torch.Generator().manual_seed(5)
@@ -257,7 +258,7 @@ def test_ranked_engine_equals_per_step_mask_features(monkeypatch, fill):
             monkeypatch.setattr(P, "cpp_available", lambda device, cpp=cpp: cpp)
         curves[name] = M.pixel_flipping(model, x, sal, y, step=3, fill=fill, output="logit", batch_size=3).curves
     assert torch.equal(curves["auto"], curves["torch"])
-    sub = P._substrate(fill, x, "fill", None)
+    sub = make_substrate(fill, x, "fill", None)
     with torch.no_grad():
         for t in range(curves["auto"].shape[1]):
             k = min(3 * t, 35)

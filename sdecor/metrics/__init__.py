@@ -1,7 +1,7 @@
 """Evaluation metrics for attribution maps: batched torch, on the attributions' device.
 
 Every metric returns a (B,) tensor (one score per sample) or a small dataclass of curves plus
-their AUC; :data:`DIRECTIONS` says for each whether higher or lower is better (the CLI marks
+their AUC; :data:`METRIC_DIRECTIONS` says for each whether higher or lower is better (the CLI marks
 table columns with it). Definitions follow Quantus (sparseness, complexity, the localisation
 scores, max-sensitivity, pixel flipping, region perturbation), RISE (deletion / insertion) and
 Saliency Guided Training (the masked-accuracy curve); each docstring states the exact formula
@@ -31,7 +31,7 @@ from .robustness import max_sensitivity
 #: refers to the AUC (``masked_accuracy_curve``: the accuracy / its AUC). ``pixel_flipping`` and
 #: ``region_perturbation`` are listed for their default MoRF order; with ``order="lerf"`` the
 #: direction flips (see ``direction``).
-DIRECTIONS = {
+METRIC_DIRECTIONS = {
     "sparseness": "higher",
     "complexity": "lower",
     "pointing_game": "higher",
@@ -46,25 +46,28 @@ DIRECTIONS = {
     "masked_accuracy_curve": "lower",
     "max_sensitivity": "lower",
 }
+#: former name of :data:`METRIC_DIRECTIONS`
+DIRECTIONS = METRIC_DIRECTIONS
 
 
 def direction(name: str, order: str = "morf") -> str:
-    """``DIRECTIONS[name]``, flipped for the perturbation orders where keeping accuracy is good.
+    """``METRIC_DIRECTIONS[name]``, flipped for the perturbation orders where keeping accuracy is good.
 
     ``order="lerf"`` (least relevant first) makes a high pixel-flipping / region-perturbation
     AUC good; ``"random"`` has no direction and raises ``ValueError``.
     """
-    if name not in DIRECTIONS:
-        raise ValueError(f"unknown metric {name!r}; known: {sorted(DIRECTIONS)}")
+    if name not in METRIC_DIRECTIONS:
+        raise ValueError(f"unknown metric {name!r}; known: {sorted(METRIC_DIRECTIONS)}")
     if name in ("pixel_flipping", "region_perturbation"):
         if order == "lerf":
             return "higher"
         if order == "random":
             raise ValueError("a random-order curve is a reference, it has no better direction")
-    return DIRECTIONS[name]
+    return METRIC_DIRECTIONS[name]
 
 
 __all__ = [
+    "METRIC_DIRECTIONS",
     "DIRECTIONS",
     "direction",
     "PerturbationCurve",

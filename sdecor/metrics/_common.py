@@ -14,7 +14,6 @@ __all__ = [
     "check_attributions",
     "check_inputs",
     "check_masks",
-    "check_targets",
     "check_batch_size",
     "check_generator",
     "align_masks",
@@ -98,26 +97,6 @@ def check_masks(masks, name: str = "masks") -> torch.Tensor:
     if not bool(((masks == 0) | (masks == 1)).all()):
         raise ValueError(f"{name} must be boolean or hold only 0 and 1, but it has other values")
     return masks != 0
-
-
-def check_targets(targets, batch: int, device: torch.device, name: str = "targets") -> torch.Tensor:
-    """(B,) integer class indices on ``device`` (a Python list or array-like is converted)."""
-    if not isinstance(targets, torch.Tensor):
-        try:
-            targets = torch.as_tensor(targets, device=device)
-        except Exception as exc:
-            raise TypeError(f"{name} must be a (B,) integer tensor, got {type(targets).__name__}") from exc
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool or targets.is_complex():
-        raise TypeError(f"{name} must hold integer class indices, got dtype {targets.dtype}")
-    if targets.ndim == 0:
-        targets = targets.expand(batch)
-    if targets.shape != (batch,):
-        raise ValueError(f"{name} must have shape ({batch},) (one class per sample), got {tuple(targets.shape)}")
-    if targets.device != device:
-        raise ValueError(f"{name} must be on the same device as the inputs ({device}), got {targets.device}")
-    if batch and bool((targets < 0).any()):
-        raise ValueError(f"{name} must be non-negative class indices")
-    return targets.long()
 
 
 def check_generator(generator, device: torch.device, name: str = "generator") -> None:

@@ -7,12 +7,12 @@ from collections.abc import Callable
 import torch
 
 from .._validation import check_int, check_positive_float
+from ..saliency.targets import resolve_target
 from ._common import (
     check_attributions,
     check_batch_size,
     check_generator,
     check_inputs,
-    check_targets,
     prepare_attributions,
     progress_bar,
     same_batch,
@@ -108,7 +108,7 @@ def max_sensitivity(
     if targets is None:
         with torch.no_grad():
             targets = model(inputs).argmax(dim=1)
-    targets = check_targets(targets, b, inputs.device)
+    targets = resolve_target(targets, b, inputs.device, name="targets")
     if attributions is None:
         attributions = _explain(explain_fn, model, inputs, targets)
     check_attributions(attributions)
