@@ -8,7 +8,7 @@ predicted class. The model is used as given (train/eval mode untouched, as in Ca
 ``METHODS`` maps the names used by ``sdecor explain --method`` to the classes.
 """
 
-from ._base import Attribution, resolve_target
+from ._base import Attribution, input_gradient, resolve_target
 from .dance import DANCE, Decoys
 from .gradient import Gradient, InputXGradient
 from .guided_backprop import GuidedBackprop
@@ -41,5 +41,6 @@ __all__ = [
     "METHODS",
     "NT_TYPES",
     "IG_METHODS",
+    "input_gradient",
     "resolve_target",
 ]
