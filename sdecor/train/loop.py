@@ -184,6 +184,25 @@ class _Run:
         return self.max_steps is not None and self.step >= self.max_steps
 
 
+def _mixed_precision(device: torch.device, amp: bool | None, amp_dtype: str):
+    """(autocast on?, autocast dtype, GradScaler): loss scaling only for float16 on CUDA."""
+    use_amp = (device.type == "cuda") if amp is None else bool(amp)
+    dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
+    if use_amp and device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16 and device.type == "cuda")
+    return use_amp, dtype, scaler
+
+
+def _trainable_parameters(model: nn.Module, objective) -> list:
+    """The model's trainable parameters, then the objective's own (if it is a module), each once."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(objective, nn.Module):
+        seen = {id(p) for p in params}
+        params += [p for p in objective.parameters() if p.requires_grad and id(p) not in seen]
+    return params
+
+
 def _resume(run: _Run, path: str) -> tuple[int, History]:
     """Load ``last.pt`` into the run; returns (epochs already done, their history)."""
     ck = read_checkpoint(path, map_location=run.device)
@@ -406,16 +425,8 @@ def fit(
     model.to(device)
     if isinstance(objective, nn.Module):
         objective.to(device)
-    use_amp = (device.type == "cuda") if amp is None else bool(amp)
-    dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
-    if use_amp and device.type == "cpu" and dtype == torch.float16:
-        dtype = torch.bfloat16
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and dtype == torch.float16 and device.type == "cuda")
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    if isinstance(objective, nn.Module):
-        seen = {id(p) for p in params}
-        params += [p for p in objective.parameters() if p.requires_grad and id(p) not in seen]
+    use_amp, dtype, scaler = _mixed_precision(device, amp, amp_dtype)
+    params = _trainable_parameters(model, objective)
     if optimizer is None:
         optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
 
