@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from sdecor.cli import main
-from sdecor.experiments.runner import METHODS, METRICS, format_table, summarize
+from sdecor.experiments.runner import METRICS, format_table, summarize
+from sdecor.losses import OBJECTIVES
 
 TINY = [
     "--epochs",
@@ -44,14 +45,14 @@ def test_compare_one_epoch_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     # the table: every method, every column with its direction
-    for method in METHODS:
+    for method in OBJECTIVES:
         assert method in proc.stdout
     assert "higher is better" in proc.stdout and "lower is better" in proc.stdout
     results = json.loads((out / "results.json").read_text())
-    assert set(results["summary"]) == set(METHODS)
+    assert set(results["summary"]) == set(OBJECTIVES)
     assert results["directions"]["relevance_mass_accuracy"] == "higher"
     assert results["directions"]["deletion_auc"] == "lower"
-    assert len(results["runs"]) == len(METHODS)
+    assert len(results["runs"]) == len(OBJECTIVES)
     for run in results["runs"]:
         assert set(METRICS) <= set(run["metrics"])
         assert 0.0 <= run["metrics"]["accuracy"] <= 1.0

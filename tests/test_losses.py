@@ -11,9 +11,9 @@ from torch import nn
 from sdecor import decorrelation_loss
 from sdecor.losses import (
     MASKED_BN,
+    OBJECTIVES,
     SCAAT,
     DeCov,
-    FeatureHook,
     SaliencyDecor,
     SaliencyGuidedTraining,
     Standard,
@@ -23,7 +23,8 @@ from sdecor.losses import (
     decov_penalty,
     input_saliency,
 )
-from sdecor.losses._common import eval_mode
+from sdecor.losses.masking import eval_mode
+from sdecor.models import record_features, resolve_feature_layer
 
 
 class TinyCNN(nn.Module):
@@ -76,6 +77,11 @@ class Recorder(nn.Module):
     def forward(self, x):
         self.calls.append((x.detach().clone(), self.training))
         return self.inner(x)
+
+
+def hook_count(model):
+    """Forward hooks and forward pre-hooks left on any module of ``model``."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
 def batch(n=6, shape=(2, 4, 4), classes=3, seed=0):
@@ -154,53 +160,72 @@ def test_eval_mode_restores_flags_on_error():
 # ----------------------------------------------------------------------------- hooks
 
 
-def test_feature_hook_records_only_when_armed_and_forgets():
+def test_record_features_records_inside_the_block_only_and_forgets():
     model = TinyCNN()
     images, _ = batch()
-    hook = FeatureHook(model)
-    assert hook.name == "pool"
-    model(images)  # not armed: nothing kept
-    assert hook._features is None
-    with hook.armed():
+    with record_features(model) as hook:
+        assert hook.name == "pool"
         model(images)
-    features = hook.pop()
-    assert torch.allclose(features, model.features(images))
-    assert hook._features is None
-    with pytest.raises(RuntimeError, match="did not run"):
-        hook.pop()
-    hook.remove()
+        features = hook.pop()
+        assert hook.features is None
+        with pytest.raises(RuntimeError, match="did not run"):
+            hook.pop()
     assert not model.pool._forward_hooks
+    assert torch.allclose(features, model.features(images))
+    model(images)  # after the block: nothing recorded, no hook
+    assert hook.features is None and hook_count(model) == 0
 
 
-def test_feature_hook_default_without_declared_layer_is_classifier_input():
+def test_record_features_default_without_declared_layer_is_classifier_input():
     model = PlainCNN()
     images, _ = batch()
-    hook = FeatureHook(model)
-    assert hook.record_input and hook.name.startswith("fc")
-    with hook.armed():
+    with record_features(model) as hook:
+        assert hook.record_input and hook.name.startswith("fc")
         model(images)
-    assert torch.allclose(hook.pop(), model.features(images))
-    hook.remove()
+        assert torch.allclose(hook.pop(), model.features(images))
     assert not model.fc._forward_pre_hooks
 
 
-def test_feature_hook_named_and_conv_layers():
+def test_record_features_named_and_conv_layers():
     model = TinyCNN()
     images, _ = batch()
     for layer in ("relu", "conv", model.relu):
-        hook = FeatureHook(model, layer)
-        with hook.armed():
+        with record_features(model, layer) as hook:
             model(images)
-        assert hook.pop().shape == (6, 4, 4, 4)
-        hook.remove()
+            assert hook.pop().shape == (6, 4, 4, 4)
+    assert hook_count(model) == 0
     with pytest.raises(ValueError, match="not a module"):
-        FeatureHook(model, "nope")
+        with record_features(model, "nope"):
+            pass
     with pytest.raises(ValueError, match="not part of the model"):
-        FeatureHook(model, nn.ReLU())
+        with record_features(model, nn.ReLU()):
+            pass
     with pytest.raises(TypeError):
-        FeatureHook(model, 3)
+        with record_features(model, 3):
+            pass
     with pytest.raises(ValueError, match="no nn.Linear"):
-        FeatureHook(nn.Sequential(nn.Conv2d(2, 2, 1)))
+        with record_features(nn.Sequential(nn.Conv2d(2, 2, 1))):
+            pass
+
+
+def test_record_features_removes_the_hook_when_the_block_raises():
+    model = TinyCNN()
+    images, _ = batch()
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_features(model) as hook:
+            model(images)
+            raise RuntimeError("boom")
+    assert hook.features is None and hook_count(model) == 0
+
+    class Tuple(nn.Module):  # a layer whose output is not a tensor: the hook itself raises
+        def forward(self, x):
+            return (x,)
+
+    net = nn.Sequential(Tuple())
+    with pytest.raises(ValueError, match="not a tensor"):
+        with record_features(net, "0"):
+            net(images)
+    assert hook_count(net) == 0
 
 
 # ----------------------------------------------------------------------------- Standard, DeCov
@@ -228,15 +253,15 @@ def test_decov_penalty_by_hand():
 def test_decov_objective_parts():
     model = TinyCNN()
     images, labels = batch()
-    with DeCov(model, lambda_decov=0.3) as objective:
-        loss, parts = objective(model, images, labels)
-        features = model.features(images)
-        assert torch.allclose(parts["decov"], decov_penalty(features), atol=1e-6)
-        assert torch.allclose(loss, F.cross_entropy(model(images), labels) + 0.3 * parts["decov"], atol=1e-6)
-        assert objective.hook._features is None
+    objective = DeCov(lambda_decov=0.3)
+    loss, parts = objective(model, images, labels)
+    assert hook_count(model) == 0  # hooked during the call only
+    features = model.features(images)
+    assert torch.allclose(parts["decov"], decov_penalty(features), atol=1e-6)
+    assert torch.allclose(loss, F.cross_entropy(model(images), labels) + 0.3 * parts["decov"], atol=1e-6)
     assert not model.pool._forward_hooks
-    with pytest.raises(RuntimeError, match="closed"):
-        objective(model, images, labels)
+    # nothing is kept between calls: a second call gives the same parts
+    torch.testing.assert_close(objective(model, images, labels)[1]["decov"], parts["decov"])
 
 
 # ----------------------------------------------------------------------------- SGT
@@ -326,59 +351,61 @@ def test_saliency_decor_parts_by_hand(model_cls):
     inner = model_cls()
     model = Recorder(inner).train()
     images, labels = batch(n=8)
-    with SaliencyDecor(model, lambda_consistency=0.7, lambda_decor=0.3) as objective:
-        loss, parts = objective(model, images, labels)
-        assert set(parts) == {"ce", "consistency", "decor", "total", "logits"}
-        masked = model.calls[2][0]
-        inner.train()
-        logits = inner(images)
-        features = inner.features(images)  # the hooked features are the clean batch's pooled features
-        masked_logits = inner(masked)
-        decor = decorrelation_loss(features, mode="correlation")
-        assert torch.allclose(parts["decor"], decor, atol=1e-5)
-        expected = F.cross_entropy(logits, labels) + 0.7 * kl_by_hand(logits, masked_logits) + 0.3 * decor
-        assert torch.allclose(loss, expected, atol=1e-5)
-        assert torch.allclose(parts["total"], loss.detach())
-        assert objective.hook._features is None  # nothing kept between steps
+    objective = SaliencyDecor(lambda_consistency=0.7, lambda_decor=0.3)
+    loss, parts = objective(model, images, labels)
+    assert hook_count(model) == 0  # nothing kept between steps: the hook lived during the call only
+    assert set(parts) == {"ce", "consistency", "decor", "total", "logits"}
+    masked = model.calls[2][0]
+    inner.train()
+    logits = inner(images)
+    features = inner.features(images)  # the hooked features are the clean batch's pooled features
+    masked_logits = inner(masked)
+    decor = decorrelation_loss(features, mode="correlation")
+    assert torch.allclose(parts["decor"], decor, atol=1e-5)
+    expected = F.cross_entropy(logits, labels) + 0.7 * kl_by_hand(logits, masked_logits) + 0.3 * decor
+    assert torch.allclose(loss, expected, atol=1e-5)
+    assert torch.allclose(parts["total"], loss.detach())
     assert not inner.pool._forward_hooks and not inner.fc._forward_pre_hooks
 
 
 def test_saliency_decor_conv_layer_and_covariance():
     model = TinyCNN().train()
     images, labels = batch(n=8)
-    with SaliencyDecor(model, feature_layer="conv", decor_mode="covariance", lambda_decor=1.0) as objective:
-        assert objective.feature_layer == "relu"
-        _, parts = objective(model, images, labels)
-        maps = model.relu(model.bn(model.conv(images)))
-        assert torch.allclose(parts["decor"], decorrelation_loss(maps, mode="covariance"), atol=1e-5)
+    objective = SaliencyDecor(feature_layer="conv", decor_mode="covariance", lambda_decor=1.0)
+    assert resolve_feature_layer(model, objective.feature_layer)[2] == "relu"
+    _, parts = objective(model, images, labels)
+    maps = model.relu(model.bn(model.conv(images)))
+    assert torch.allclose(parts["decor"], decorrelation_loss(maps, mode="covariance"), atol=1e-5)
 
 
 def test_saliency_decor_joint_bn_decorrelates_the_clean_half():
     model = TinyCNN().train()
     images, labels = batch(n=8)
-    with SaliencyDecor(model, masked_bn="joint", lambda_decor=1.0) as objective:
-        hooked = []
-        handle = model.pool.register_forward_hook(lambda m, a, out: hooked.append(out.detach()))
-        _, parts = objective(model, images, labels)
-        handle.remove()
-        joint = hooked[-1]
-        assert joint.shape[0] == 16
-        assert torch.allclose(parts["decor"], decorrelation_loss(joint[:8]), atol=1e-5)
+    objective = SaliencyDecor(masked_bn="joint", lambda_decor=1.0)
+    hooked = []
+    handle = model.pool.register_forward_hook(lambda m, a, out: hooked.append(out.detach()))
+    _, parts = objective(model, images, labels)
+    handle.remove()
+    joint = hooked[-1]
+    assert joint.shape[0] == 16
+    assert torch.allclose(parts["decor"], decorrelation_loss(joint[:8]), atol=1e-5)
 
 
-def test_saliency_decor_rejects_another_model():
+def test_saliency_decor_reads_the_model_it_is_called_with():
     model, other = TinyCNN(), TinyCNN()
-    images, labels = batch()
-    with SaliencyDecor(model) as objective:
-        with pytest.raises(ValueError, match="different model"):
-            objective(other, images, labels)
+    images, labels = batch(n=8)
+    objective = SaliencyDecor(lambda_decor=1.0)
+    for net in (model, other, model):  # one objective, any model, in any order
+        _, parts = objective(net, images, labels)
+        assert torch.allclose(parts["decor"], decorrelation_loss(net.features(images)), atol=1e-5)
+        assert hook_count(model) == 0 and hook_count(other) == 0
 
 
 def test_objective_is_not_a_container_of_the_model():
-    model = TinyCNN()
-    with SaliencyDecor(model) as objective:
-        assert list(objective.parameters()) == []
-        assert objective.state_dict() == {}
+    objective = SaliencyDecor()
+    objective(TinyCNN(), *batch())
+    assert list(objective.parameters()) == []
+    assert objective.state_dict() == {}
 
 
 # ----------------------------------------------------------------------------- SCAAT
@@ -420,10 +447,10 @@ def test_scaat_perturbs_only_the_budgeted_pixels_within_epsilon():
 def _objectives(model):
     return {
         "standard": Standard(),
-        "decov": DeCov(model, lambda_decov=0.1),
+        "decov": DeCov(lambda_decov=0.1),
         "sgt": SaliencyGuidedTraining(generator=torch.Generator().manual_seed(0)),
         "scaat": SCAAT(generator=torch.Generator().manual_seed(0)),
-        "saliencydecor": SaliencyDecor(model, lambda_decor=0.1, generator=torch.Generator().manual_seed(0)),
+        "saliencydecor": SaliencyDecor(lambda_decor=0.1, generator=torch.Generator().manual_seed(0)),
     }
 
 
@@ -455,16 +482,16 @@ def test_one_training_step_lowers_the_loss(name):
     with torch.no_grad():
         after = evaluate()
     assert after < before
-    objective.close()
+    assert hook_count(model) == 0
 
 
 def test_build_objective_and_bad_arguments():
     model = TinyCNN()
-    assert isinstance(build_objective("SGT", model, mask_fraction=0.5), SaliencyGuidedTraining)
-    with build_objective("saliencydecor", model, lambda_decor=0.5) as objective:
-        assert objective.lambda_decor == 0.5
+    assert isinstance(build_objective("SGT", mask_fraction=0.5), SaliencyGuidedTraining)
+    objective = build_objective("saliencydecor", lambda_decor=0.5)
+    assert objective.lambda_decor == 0.5
     with pytest.raises(ValueError, match="unknown objective"):
-        build_objective("nope", model)
+        build_objective("nope")
     with pytest.raises(ValueError, match="mask_fraction"):
         SaliencyGuidedTraining(mask_fraction=1.5)
     with pytest.raises(TypeError, match="mask_fraction"):
@@ -474,9 +501,9 @@ def test_build_objective_and_bad_arguments():
     with pytest.raises(ValueError, match="fill"):
         SaliencyGuidedTraining(fill="zeros")
     with pytest.raises(ValueError, match="lambda_decor"):
-        SaliencyDecor(model, lambda_decor=-1)
+        SaliencyDecor(lambda_decor=-1)
     with pytest.raises(ValueError, match="decor_mode"):
-        SaliencyDecor(model, decor_mode="whitening")
+        SaliencyDecor(decor_mode="whitening")
     with pytest.raises(ValueError, match="min_fraction"):
         SCAAT(min_fraction=0.8, max_fraction=0.2)
     images, labels = batch()
@@ -493,7 +520,78 @@ def test_saliency_decor_defaults_are_the_sweep_choice():
 
     method, options = SETTINGS["sd_m50_abs_lc3"]
     assert method == "saliencydecor" and options == DEFAULTS
-    with SaliencyDecor(TinyCNN()) as objective:
-        for name, value in DEFAULTS.items():
-            if name != "feature_layer":
-                assert getattr(objective, name) == value
+    objective = SaliencyDecor()
+    for name, value in DEFAULTS.items():
+        assert getattr(objective, name) == value
+
+
+# ----------------------------------------------------------------------------- construction and hooks
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_every_objective_builds_without_arguments_and_leaves_no_hook(name):
+    torch.manual_seed(0)
+    objective = OBJECTIVES[name]()
+    assert isinstance(build_objective(name), OBJECTIVES[name])
+    for model in (TinyCNN().train(), PlainCNN().train()):
+        images, labels = batch(n=8)
+        loss, parts = objective(model, images, labels)
+        assert torch.isfinite(loss) and parts["logits"].shape == (8, 3)
+        assert torch.allclose(parts["ce"], F.cross_entropy(parts["logits"], labels), atol=1e-6)
+        assert hook_count(model) == 0
+
+
+class Failing(TinyCNN):
+    """Raises in the classifier on the ``fail_at``-th forward pass (after the feature layer ran)."""
+
+    def __init__(self, fail_at):
+        super().__init__()
+        self.fail_at, self.calls = fail_at, 0
+
+    def forward(self, x):
+        self.calls += 1
+        features = self.features(x)
+        if self.calls == self.fail_at:
+            raise RuntimeError("classifier failed")
+        return self.fc(features)
+
+
+@pytest.mark.parametrize("name", ["decov", "saliencydecor"])
+@pytest.mark.parametrize("feature_layer", [None, "conv"])
+def test_no_hook_remains_after_a_call_that_raises(name, feature_layer):
+    images, labels = batch(n=8)
+    # the clean forward (the first for DeCov, the second after the saliency pass for SaliencyDecor) raises
+    model = Failing(fail_at=1 if name == "decov" else 2).train()
+    objective = build_objective(name, feature_layer=feature_layer)
+    with pytest.raises(RuntimeError, match="classifier failed"):
+        objective(model, images, labels)
+    assert hook_count(model) == 0
+    # the same objective still works afterwards, on the same model
+    loss, _ = objective(model, images, labels)
+    assert torch.isfinite(loss) and hook_count(model) == 0
+    # a layer that is not a module of the model raises before any hook is placed
+    with pytest.raises(ValueError, match="not a module"):
+        build_objective(name, feature_layer="nope")(model, images, labels)
+    assert hook_count(model) == 0
+
+
+def test_objectives_reject_a_module_or_another_type_as_feature_layer():
+    model = TinyCNN()
+    for cls in (DeCov, SaliencyDecor):
+        with pytest.raises(TypeError, match="feature_layer"):
+            cls(feature_layer=model.pool)
+        with pytest.raises(TypeError, match="feature_layer"):
+            cls(feature_layer="")
+
+
+@pytest.mark.parametrize("name", ["decov", "saliencydecor"])
+def test_objectives_see_through_a_wrapper(name):
+    net = TinyCNN().train()
+    images, labels = batch(n=8)
+    torch.manual_seed(0)
+    _, bare = build_objective(name)(net, images, labels)
+    torch.manual_seed(0)
+    _, wrapped = build_objective(name)(nn.DataParallel(net), images, labels)
+    key = "decov" if name == "decov" else "decor"
+    torch.testing.assert_close(wrapped[key], bare[key])
+    assert hook_count(net) == 0

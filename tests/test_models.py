@@ -4,7 +4,17 @@ import pytest
 import torch
 from torch import nn
 
-from sdecor.models import MODEL_NAMES, ResNet20, SmallCNN, build_model, get_layer, resnet20
+from sdecor.models import (
+    MODEL_NAMES,
+    ResNet20,
+    SmallCNN,
+    build_model,
+    get_layer,
+    record_features,
+    resnet20,
+    resolve_feature_layer,
+    unwrap_model,
+)
 
 
 def _capture(model, name, x):
@@ -108,3 +118,46 @@ def test_get_layer_through_wrapper():
     wrapped = nn.DataParallel(m)
     assert get_layer(wrapped, "pool") is m.pool
     assert get_layer(wrapped, "module.pool") is m.pool
+
+
+def test_introspection_unwraps_and_finds_layers():
+    m = SmallCNN(width=8)
+
+    class Compiled(nn.Module):  # what torch.compile returns: the model under _orig_mod
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert unwrap_model(Compiled(nn.DataParallel(m))) is m and unwrap_model(m) is m
+    assert get_layer(Compiled(m), "_orig_mod.block4") is m.block4
+    assert get_layer(m, m.fc) is m.fc  # a module of the model is accepted as it is
+    with pytest.raises(ValueError, match="not part of the model"):
+        get_layer(m, nn.Linear(2, 2))
+    with pytest.raises(TypeError, match="layer name"):
+        get_layer(m, 3)
+    with pytest.raises(TypeError, match="nn.Module"):
+        get_layer("model", "pool")
+    # the penultimate rule: the declared feature layer, "conv", a name
+    assert resolve_feature_layer(m) == (m.pool, False, "pool")
+    assert resolve_feature_layer(nn.DataParallel(m), "penultimate") == (m.pool, False, "pool")
+    assert resolve_feature_layer(m, "conv") == (m.block4, False, "block4")
+    assert resolve_feature_layer(m, "block2") == (m.block2, False, "block2")
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    assert resolve_feature_layer(plain) == (plain[3], True, "3 (input)")
+    with pytest.raises(ValueError, match="conv_feature_layer"):
+        resolve_feature_layer(plain, "conv")
+
+
+def test_record_features_hooks_only_inside_the_block():
+    m = SmallCNN(width=8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with record_features(nn.DataParallel(m), "conv") as record:
+        assert len(m.block4._forward_hooks) == 1
+        m(x)
+        fmap = record.pop()
+    assert fmap.shape == (2, 16, 8, 8) and not m.block4._forward_hooks
+    with pytest.raises(KeyError):
+        with record_features(m) as record:
+            m(x)
+            raise KeyError("the body fails")
+    assert record.features is None and not m.pool._forward_hooks

@@ -12,16 +12,15 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from sdecor.data import make_loaders
-from sdecor.models import SmallCNN, build_model
+from sdecor.losses import Standard
+from sdecor.models import SmallCNN, build_model, unwrap_model
 from sdecor.train import (
-    CrossEntropyObjective,
     History,
     evaluate_accuracy,
     fit,
     load_checkpoint,
     save_checkpoint,
     set_seed,
-    unwrap_model,
 )
 
 
@@ -40,7 +39,7 @@ def test_one_step_lowers_the_loss():
     y = torch.randint(0, 10, (64,))
     loader = DataLoader(TensorDataset(x, y), batch_size=64, shuffle=False)
     model = _tiny_model()
-    obj = CrossEntropyObjective()
+    obj = Standard()
     model.train()
     with torch.no_grad():
         before = obj(model, x, y)[0].item()
@@ -64,7 +63,7 @@ def test_history_and_metrics():
 
     h = fit(
         model,
-        CrossEntropyObjective(),
+        Standard(),
         train,
         epochs=2,
         lr=0.05,
@@ -107,7 +106,7 @@ def test_determinism_by_seed():
     def run(seed):
         train, _, _ = _loaders(seed=seed)
         model = _tiny_model(seed)
-        fit(model, CrossEntropyObjective(), train, epochs=2, seed=seed, progress=False)
+        fit(model, Standard(), train, epochs=2, seed=seed, progress=False)
         return model.state_dict()
 
     a, b, c = run(0), run(0), run(1)
@@ -119,7 +118,7 @@ def test_checkpoints_and_resume(tmp_path):
     train, test, info = _loaders()
     model = _tiny_model()
     meta = {"data": info.as_dict(), "objective": "ce"}
-    fit(model, CrossEntropyObjective(), train, epochs=1, checkpoint_dir=str(tmp_path), meta=meta, progress=False)
+    fit(model, Standard(), train, epochs=1, checkpoint_dir=str(tmp_path), meta=meta, progress=False)
     assert (tmp_path / "last.pt").exists() and (tmp_path / "final.pt").exists()
     loaded, m = load_checkpoint(str(tmp_path / "final.pt"))
     assert isinstance(loaded, SmallCNN) and not loaded.training
@@ -129,7 +128,7 @@ def test_checkpoints_and_resume(tmp_path):
 
     # resume: a second call with more epochs continues from last.pt
     model2 = _tiny_model()
-    h = fit(model2, CrossEntropyObjective(), train, epochs=2, checkpoint_dir=str(tmp_path), resume=True, progress=False)
+    h = fit(model2, Standard(), train, epochs=2, checkpoint_dir=str(tmp_path), resume=True, progress=False)
     assert h.series("epoch") == [1, 2]
     ck = torch.load(str(tmp_path / "last.pt"), weights_only=True)
     assert ck["epoch"] == 2
@@ -195,7 +194,7 @@ def test_evaluate_accuracy():
 def test_fit_argument_errors():
     train, _, _ = _loaders()
     model = _tiny_model()
-    obj = CrossEntropyObjective()
+    obj = Standard()
     with pytest.raises(TypeError):
         fit("model", obj, train)
     with pytest.raises(ValueError, match="schedule"):
@@ -214,7 +213,7 @@ def test_fit_argument_errors():
 
 def test_max_steps_and_progress_bar(capsys):
     train, _, _ = _loaders(n=96, bs=16)
-    h = fit(_tiny_model(), CrossEntropyObjective(), train, epochs=3, max_steps=8, progress=True)
+    h = fit(_tiny_model(), Standard(), train, epochs=3, max_steps=8, progress=True)
     assert len(h) == 2  # 6 steps per epoch: the second epoch stops after 2 steps
     assert "epoch 1/3" in capsys.readouterr().err
 
@@ -229,8 +228,8 @@ DDP_SCRIPT = textwrap.dedent(
     import json, os, sys, torch
     from torch import nn
     from sdecor.data import make_loaders
-    from sdecor.models import SmallCNN, get_layer
-    from sdecor.train import fit, set_seed, unwrap_model, load_checkpoint
+    from sdecor.models import SmallCNN, get_layer, unwrap_model
+    from sdecor.train import fit, set_seed, load_checkpoint
 
     out = sys.argv[1]
 
@@ -298,12 +297,71 @@ def test_ddp_two_process_gloo(tmp_path):
     assert (proc.stderr + proc.stdout).count("epoch 2/2: ce ") == 1  # the per-epoch line, not the bar
 
 
+DDP_OBJECTIVES_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, torch
+    from sdecor.data import make_loaders
+    from sdecor.losses import build_objective
+    from sdecor.models import SmallCNN
+    from sdecor.train import fit, set_seed
+
+    out, rank = sys.argv[1], int(os.environ["RANK"])
+    train, _, _ = make_loaders(batch_size=16, n_samples=64, seed=0)
+    result = {}
+    for name in ("decov", "saliencydecor"):
+        set_seed(0)
+        model = SmallCNN(width=8)
+        seen = []
+
+        class Spy(torch.nn.Module):
+            # records the type of the model the objective is called with
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, model, images, labels):
+                seen.append(type(model).__name__)
+                return self.inner(model, images, labels)
+
+        h = fit(model, Spy(build_objective(name)), train, epochs=1, lr=0.05, progress=False)
+        hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+        torch.save(model.state_dict(), os.path.join(out, f"{name}{rank}.pt"))
+        result[name] = {"keys": sorted(h.last), "hooks": hooks, "seen": sorted(set(seen))}
+    with open(os.path.join(out, f"objectives{rank}.json"), "w") as f:
+        json.dump(result, f)
+    """
+)
+
+
+def test_objectives_under_ddp_two_process_gloo(tmp_path):
+    script = tmp_path / "ddp_objectives.py"
+    script.write_text(DDP_OBJECTIVES_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    proc = subprocess.run(cmd + [str(tmp_path)], env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for rank in (0, 1):
+        result = json.loads((tmp_path / f"objectives{rank}.json").read_text())
+        assert result["decov"]["seen"] == result["saliencydecor"]["seen"] == ["DistributedDataParallel"]
+        assert {"ce", "decov", "train_acc"} <= set(result["decov"]["keys"])
+        assert {"ce", "consistency", "decor", "train_acc"} <= set(result["saliencydecor"]["keys"])
+        assert result["decov"]["hooks"] == result["saliencydecor"]["hooks"] == 0
+    for name in ("decov", "saliencydecor"):  # gradients were all-reduced: the ranks agree
+        s0 = torch.load(tmp_path / f"{name}0.pt", weights_only=True)
+        s1 = torch.load(tmp_path / f"{name}1.pt", weights_only=True)
+        for k in s0:
+            if "running" not in k and "num_batches" not in k:
+                torch.testing.assert_close(s0[k], s1[k], msg=k)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("amp_dtype", ["bfloat16", "float16"])
 def test_fit_on_cuda_with_amp(cuda_device, amp_dtype):
     train, test, _ = _loaders()
     model = _tiny_model()
-    h = fit(model, CrossEntropyObjective(), train, epochs=2, eval_loader=test, amp_dtype=amp_dtype, progress=False)
+    h = fit(model, Standard(), train, epochs=2, eval_loader=test, amp_dtype=amp_dtype, progress=False)
     assert next(model.parameters()).device.type == "cuda"
     assert all(torch.isfinite(torch.tensor(h.series("loss"))))
     assert 0 <= h.last["eval_acc"] <= 1

@@ -73,8 +73,8 @@ def _step(model, objective, images, labels, device, amp):
 
 def run(device: torch.device, quick: bool, batch: int | None = None) -> list[Group]:
     """The suite's one group; ``batch`` overrides the batch size."""
-    from ..losses import FeatureHook, SaliencyDecor, Standard, input_saliency
-    from ..models import resnet20
+    from ..losses import SaliencyDecor, Standard, input_saliency
+    from ..models import record_features, resnet20
     from ..ops import decorrelation_loss, mask_features
 
     device = torch.device(device)
@@ -90,18 +90,17 @@ def run(device: torch.device, quick: bool, batch: int | None = None) -> list[Gro
 
     standard_model = copy.deepcopy(base)
     sd_model = copy.deepcopy(base)
-    objective = SaliencyDecor(sd_model)  # default options; its hook lives as long as the closures
+    objective = SaliencyDecor()  # default options; it hooks the layer during each call only
     opts = {"fraction": objective.mask_fraction, "fill": objective.fill, "abs": objective.saliency_abs}
 
     # the shapes and dtypes the parts see inside a SaliencyDecor step, from one real pass
     part_model = copy.deepcopy(base)
-    hook = FeatureHook(part_model)  # the objective's default layer: the pooled penultimate features
     with _autocast(device, amp):
         saliency = input_saliency(part_model, images, labels, absolute=opts["abs"])
-        with torch.no_grad(), hook.armed():
+        # the objective's default layer: the pooled penultimate features
+        with torch.no_grad(), record_features(part_model, objective.feature_layer) as record:
             part_model(images)
-            features = hook.pop().detach().clone()
-    hook.remove()
+            features = record.pop().detach().clone()
     features.requires_grad_(True)
 
     def part_saliency():

@@ -46,13 +46,13 @@ def _seeds(text: str) -> tuple:
 
 
 def _methods(text: str) -> tuple:
-    from ..experiments.runner import METHODS
+    from ..losses import OBJECTIVES
 
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in OBJECTIVES]
     if not names or unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or text!r}; choose from {','.join(METHODS)}"
+            f"unknown method(s) {', '.join(unknown) or text!r}; choose from {','.join(OBJECTIVES)}"
         )
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"a method is listed twice: {text!r}")
@@ -61,7 +61,7 @@ def _methods(text: str) -> tuple:
 
 def _option(text: str) -> tuple:
     """``METHOD.NAME=VALUE`` (VALUE read as JSON when it parses, else as a string)."""
-    from ..experiments.runner import METHODS
+    from ..losses import OBJECTIVES
 
     key, sep, raw = text.partition("=")
     method, dot, name = key.partition(".")
@@ -70,8 +70,8 @@ def _option(text: str) -> tuple:
         raise argparse.ArgumentTypeError(
             f"expected METHOD.OPTION=VALUE (e.g. saliencydecor.lambda_decor=0.3), got {text!r}"
         )
-    if method not in METHODS:
-        raise argparse.ArgumentTypeError(f"unknown method {method!r} in {text!r}; choose from {','.join(METHODS)}")
+    if method not in OBJECTIVES:
+        raise argparse.ArgumentTypeError(f"unknown method {method!r} in {text!r}; choose from {','.join(OBJECTIVES)}")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -81,15 +81,16 @@ def _option(text: str) -> tuple:
 
 def add_arguments(parser) -> None:
     from ..experiments.compare import DEFAULTS
-    from ..experiments.runner import METHODS, EvalConfig
+    from ..experiments.runner import EvalConfig
+    from ..losses import OBJECTIVES
 
     ev = EvalConfig()
     parser.add_argument(
         "--methods",
         type=_methods,
-        default=METHODS,
+        default=tuple(OBJECTIVES),
         metavar="LIST",
-        help=f"comma-separated objectives to train (default: {','.join(METHODS)})",
+        help=f"comma-separated objectives to train (default: {','.join(OBJECTIVES)})",
     )
     parser.add_argument(
         "--epochs",
@@ -183,12 +184,14 @@ def _device(text: str):
 def _check_setup(model: str, width: int, options: dict) -> None:
     """Build the model and each objective once, so that a bad --model or --set fails before any training."""
     from ..losses import build_objective
-    from ..models import build_model
+    from ..models import build_model, resolve_feature_layer
 
     net = build_model(model, width=width)
     for method, opts in options.items():
         try:
-            build_objective(method, net, **opts).close()
+            objective = build_objective(method, **opts)
+            if hasattr(objective, "feature_layer"):  # the layer is looked up at call time: check it now
+                resolve_feature_layer(net, objective.feature_layer)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"--set {method}.*: {exc}") from None
 

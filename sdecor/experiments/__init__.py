@@ -7,14 +7,13 @@
 """
 
 from .compare import DEFAULTS, compare
-from .runner import DIRECTIONS, METHODS, METRICS, EvalConfig, evaluate, format_table, load_data, run, summarize
+from .runner import METRICS, SCORE_DIRECTIONS, EvalConfig, evaluate, format_table, load_data, run, summarize
 
 __all__ = [
     "compare",
     "DEFAULTS",
-    "DIRECTIONS",
-    "METHODS",
     "METRICS",
+    "SCORE_DIRECTIONS",
     "EvalConfig",
     "evaluate",
     "format_table",

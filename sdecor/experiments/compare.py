@@ -21,8 +21,9 @@ import time
 
 import torch
 
+from ..losses import OBJECTIVES
 from .figures import masked_accuracy_plot, saliency_grid
-from .runner import DIRECTIONS, METHODS, METRICS, EvalConfig, eval_config_dict, format_table, load_data, run, summarize
+from .runner import METRICS, SCORE_DIRECTIONS, EvalConfig, eval_config_dict, format_table, load_data, run, summarize
 
 __all__ = ["compare", "DEFAULTS"]
 
@@ -54,7 +55,7 @@ def _jsonable(value):
 
 
 def compare(
-    methods=METHODS,
+    methods=tuple(OBJECTIVES),
     *,
     seeds=DEFAULTS["seeds"],
     epochs: int = DEFAULTS["epochs"],
@@ -139,7 +140,7 @@ def compare(
             "torch": torch.__version__,
             "python": platform.python_version(),
         },
-        "directions": {m: DIRECTIONS[m] for m in METRICS},
+        "directions": {m: SCORE_DIRECTIONS[m] for m in METRICS},
         "summary": summary,
         "table": table,
         "runs": records,

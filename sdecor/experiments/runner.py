@@ -34,9 +34,8 @@ from ..saliency import Gradient
 from ..train import fit, set_seed
 
 __all__ = [
-    "METHODS",
     "METRICS",
-    "DIRECTIONS",
+    "SCORE_DIRECTIONS",
     "EvalConfig",
     "Data",
     "load_data",
@@ -48,12 +47,11 @@ __all__ = [
     "default_threads",
 ]
 
-#: The methods ``sdecor compare`` trains, in table order.
-METHODS = ("standard", "decov", "sgt", "scaat", "saliencydecor")
 #: The scores of a run, in table order.
 METRICS = ("accuracy", "sparseness", "pointing_game", "relevance_mass_accuracy", "deletion_auc", "masked_accuracy_auc")
-#: "higher" or "lower" is better, per score.
-DIRECTIONS = {
+#: "higher" or "lower" is better, per score of a run (the saliency metrics' own directions from
+#: :data:`sdecor.metrics.DIRECTIONS`, plus accuracy and the masked-accuracy AUC).
+SCORE_DIRECTIONS = {
     "accuracy": "higher",
     "sparseness": M.DIRECTIONS["sparseness"],
     "pointing_game": M.DIRECTIONS["pointing_game"],
@@ -235,18 +233,17 @@ def run(
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed)  # a different batch order per seed
     start = time.perf_counter()
-    with build_objective(method, net, **options) as objective:
-        history = fit(
-            net,
-            objective,
-            data.train_loader,
-            epochs=epochs,
-            lr=lr,
-            schedule="onecycle",
-            device=device,
-            seed=seed,
-            progress=progress,
-        )
+    history = fit(
+        net,
+        build_objective(method, **options),
+        data.train_loader,
+        epochs=epochs,
+        lr=lr,
+        schedule="onecycle",
+        device=device,
+        seed=seed,
+        progress=progress,
+    )
     train_time = time.perf_counter() - start
     start = time.perf_counter()
     evaluation = evaluate(net, data, device=device, config=eval_config, seed=seed, keep_maps=keep_maps)
@@ -306,7 +303,7 @@ def _arrows_ok() -> bool:
         return False
 
 
-def format_table(summary: dict, metrics=METRICS, directions=DIRECTIONS, title: str | None = None) -> str:
+def format_table(summary: dict, metrics=METRICS, directions=SCORE_DIRECTIONS, title: str | None = None) -> str:
     """A fixed-width table: one row per group, ``mean ± std`` per metric, direction in the header."""
     fancy = _arrows_ok()
     up, down, pm = ("\u2191", "\u2193", "\u00b1") if fancy else ("^", "v", "+-")

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from .runner import DIRECTIONS, METRICS, EvalConfig, default_threads, format_table, load_data, run, summarize
+from .runner import METRICS, SCORE_DIRECTIONS, EvalConfig, default_threads, format_table, load_data, run, summarize
 
 __all__ = ["SETTINGS", "SCREEN", "CONFIRM", "main"]
 
@@ -208,7 +208,7 @@ def run_settings(names, seeds, out: str, *, epochs: int, width: int, device="cpu
 
 def _markdown(summary: dict) -> str:
     lines = [
-        "| setting | seeds | " + " | ".join(f"{m} ({DIRECTIONS[m]})" for m in METRICS) + " | train s |",
+        "| setting | seeds | " + " | ".join(f"{m} ({SCORE_DIRECTIONS[m]})" for m in METRICS) + " | train s |",
         "|" + "---|" * (len(METRICS) + 3),
     ]
     for name, row in summary.items():
@@ -256,7 +256,7 @@ def report(out: str, epochs: int | None = None, export: str | None = None) -> st
         "settings": settings,
         "screen": screen,
         "confirm": confirmed,
-        "directions": DIRECTIONS,
+        "directions": SCORE_DIRECTIONS,
     }
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(payload, f, indent=1)

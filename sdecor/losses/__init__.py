@@ -2,9 +2,11 @@
 
 Each objective is an ``nn.Module`` called as ``objective(model, images, labels) -> (loss, parts)``
 (``parts``: detached 0-dim tensors ``"ce"``, ``"total"`` and the objective's own terms, plus the
-detached clean ``"logits"``). Objectives that read hidden features take the model when built,
-install a forward hook (the model itself is not changed) and release it on ``close()`` or at the
-end of a ``with`` block.
+detached clean ``"logits"``). Objectives are built from their options alone (every one with no
+arguments at all); ``model`` may be wrapped (DDP). Objectives that read hidden features
+(``feature_layer``: ``None``/``"penultimate"``, ``"conv"`` or a module name) find the layer in the
+model they are called with and hook it only for the duration of the call: no hook remains on the
+model afterwards, also when the call raises.
 
 =========================  ============================================================
 :class:`Standard`          cross-entropy
@@ -18,14 +20,17 @@ end of a ``with`` block.
 =========================  ============================================================
 
 :func:`build_objective` makes one by name (``"standard"``, ``"decov"``, ``"sgt"``, ``"scaat"``,
-``"saliencydecor"``) for a model, passing keyword options through.
+``"saliencydecor"``; :data:`OBJECTIVES` maps each name to its class), passing keyword options
+through. :mod:`sdecor.losses.base` holds the contract's shared pieces, :mod:`sdecor.losses.masking`
+the saliency masking of the consistency objectives.
 """
 
 from __future__ import annotations
 
 from ..ops import DecorrelationLoss
-from ._common import MASKED_BN, FeatureHook, Objective, consistency_kl, input_saliency
+from .base import Objective, consistency_kl
 from .decov import DeCov, decov_penalty
+from .masking import MASKED_BN, input_saliency
 from .saliency_decor import DEFAULT_LAMBDA_DECOR, SaliencyDecor
 from .scaat import SCAAT, adaptive_budget
 from .sgt import SaliencyGuidedTraining
@@ -39,7 +44,6 @@ __all__ = [
     "SCAAT",
     "SaliencyDecor",
     "DecorrelationLoss",
-    "FeatureHook",
     "MASKED_BN",
     "DEFAULT_LAMBDA_DECOR",
     "OBJECTIVES",
@@ -50,19 +54,22 @@ __all__ = [
     "adaptive_budget",
 ]
 
-#: name -> (class, whether it takes the model as its first argument)
-OBJECTIVES = {
-    "standard": (Standard, False),
-    "decov": (DeCov, True),
-    "sgt": (SaliencyGuidedTraining, False),
-    "scaat": (SCAAT, False),
-    "saliencydecor": (SaliencyDecor, True),
+#: name -> objective class (each one builds with no arguments)
+OBJECTIVES: dict[str, type[Objective]] = {
+    "standard": Standard,
+    "decov": DeCov,
+    "sgt": SaliencyGuidedTraining,
+    "scaat": SCAAT,
+    "saliencydecor": SaliencyDecor,
 }
 
 
-def build_objective(name: str, model, **options) -> Objective:
-    """The objective called ``name`` (case-insensitive) for ``model``, with keyword ``options``."""
+def build_objective(name: str, **options) -> Objective:
+    """The objective called ``name`` (case-insensitive, a key of :data:`OBJECTIVES`) with keyword ``options``.
+
+    Raises:
+        ValueError: unknown name. The class raises TypeError / ValueError for bad options.
+    """
     if not isinstance(name, str) or name.lower() not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; choose from {', '.join(OBJECTIVES)}")
-    cls, takes_model = OBJECTIVES[name.lower()]
-    return cls(model, **options) if takes_model else cls(**options)
+    return OBJECTIVES[name.lower()](**options)

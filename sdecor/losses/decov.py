@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_positive_float
+from ..models.introspection import record_features
 from ..ops import decorrelation_loss
-from ._common import FeatureHook, Objective, check_batch, cross_entropy
+from .base import Objective, check_batch, check_feature_layer, cross_entropy
 
 __all__ = ["DeCov", "decov_penalty"]
 
@@ -29,40 +30,32 @@ def decov_penalty(features: torch.Tensor) -> torch.Tensor:
 
 
 class DeCov(Objective):
-    """``CE + lambda_decov * DeCov(features)``; hooks ``feature_layer`` of ``model`` (no change to it).
+    """``CE + lambda_decov * DeCov(features)``; reads ``feature_layer`` of the model it is called with.
 
     Args:
-        model: the network that will be trained (the hook is installed on it now; call
-            :meth:`close` or use ``with DeCov(model) as objective:`` to remove it).
-        feature_layer: ``None``/``"penultimate"`` (the classifier's input), or a module name / module
-            whose output is flattened to (N, D) features.
+        feature_layer: ``None``/``"penultimate"`` (the classifier's input, or the module named by
+            ``model.feature_layer``), ``"conv"``, or a module name whose output is flattened to
+            (N, D) features. Looked up in the model at each call
+            (:func:`sdecor.models.resolve_feature_layer`); the layer is hooked only during the call.
         lambda_decov: weight of the penalty (>= 0).
 
     Parts: ``ce``, ``decov`` (unweighted), ``total``, ``logits``.
     """
 
-    def __init__(self, model, feature_layer=None, lambda_decov: float = 0.1) -> None:
+    def __init__(self, feature_layer: str | None = None, lambda_decov: float = 0.1) -> None:
         super().__init__()
+        self.feature_layer = check_feature_layer(feature_layer)
         self.lambda_decov = check_positive_float(lambda_decov, "lambda_decov", allow_zero=True)
-        self.hook = FeatureHook(model, feature_layer)
-        self.feature_layer = self.hook.name
 
     def forward(self, model, images, labels):
         check_batch(images, labels)
-        if not self.hook.active:
-            raise RuntimeError("this DeCov objective was closed; build a new one")
-        if not self.hook.bound_to(model):
-            raise ValueError("DeCov was built for a different model than the one passed in")
-        with self.hook.armed():
+        with record_features(model, self.feature_layer) as record:
             logits = model(images)
-        features = self.hook.pop()
+            features = record.pop()
         ce = cross_entropy(logits, labels)
         penalty = decov_penalty(features)
         total = ce + self.lambda_decov * penalty
         return total, self._parts(total, logits, ce=ce, decov=penalty)
-
-    def close(self) -> None:
-        self.hook.remove()
 
     def extra_repr(self) -> str:
         return f"feature_layer={self.feature_layer!r}, lambda_decov={self.lambda_decov}"

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from .._validation import check_choice, check_positive_float
 from ..ops import decorrelation_loss
-from ._common import FeatureHook, consistency_kl, cross_entropy
+from .base import check_feature_layer, consistency_kl, cross_entropy
 from .sgt import SaliencyGuidedTraining
 
 __all__ = ["SaliencyDecor", "DEFAULT_LAMBDA_DECOR", "DEFAULTS"]
@@ -46,11 +46,13 @@ DEFAULTS = {
 
 
 class SaliencyDecor(SaliencyGuidedTraining):
-    """The SaliencyDecor objective; hooks ``feature_layer`` of ``model`` until :meth:`close`.
+    """The SaliencyDecor objective; reads ``feature_layer`` of the model it is called with.
 
     Args:
-        model: the network to train (``with SaliencyDecor(model) as objective:`` removes the hook).
-        feature_layer: ``None``/``"penultimate"``, a module name, or a submodule.
+        feature_layer: ``None``/``"penultimate"`` (the classifier's input, or the module named by
+            ``model.feature_layer``), ``"conv"`` (``model.conv_feature_layer``) or a module name.
+            Looked up in the model at each call (:func:`sdecor.models.resolve_feature_layer`);
+            the layer is hooked only for the clean forward of the call.
         lambda_consistency, lambda_decor: weights (>= 0).
         mask_fraction, fill, saliency_abs, masked_bn, generator: as in
             :class:`~sdecor.losses.SaliencyGuidedTraining` (but 50% of the pixels, ranked by
@@ -63,8 +65,7 @@ class SaliencyDecor(SaliencyGuidedTraining):
 
     def __init__(
         self,
-        model,
-        feature_layer=None,
+        feature_layer: str | None = None,
         lambda_consistency: float = 3.0,
         lambda_decor: float = DEFAULT_LAMBDA_DECOR,
         mask_fraction: float = 0.5,
@@ -86,23 +87,17 @@ class SaliencyDecor(SaliencyGuidedTraining):
         self.lambda_decor = check_positive_float(lambda_decor, "lambda_decor", allow_zero=True)
         self.decor_mode = check_choice(decor_mode, "decor_mode", ("correlation", "covariance"))
         self.decor_reduction = check_choice(decor_reduction, "decor_reduction", ("mean", "sum"))
-        self.hook = FeatureHook(model, feature_layer)
-        self.feature_layer = self.hook.name
+        self.feature_layer = check_feature_layer(feature_layer)
 
     def forward(self, model, images, labels):
-        if not self.hook.active:
-            raise RuntimeError("this SaliencyDecor objective was closed; build a new one")
-        if not self.hook.bound_to(model):
-            raise ValueError("SaliencyDecor was built for a different model than the one passed in")
-        logits, masked_logits, features = self._clean_and_masked(model, images, labels, self.hook)
+        logits, masked_logits, features = self._clean_and_masked(
+            model, images, labels, record=True, feature_layer=self.feature_layer
+        )
         ce = cross_entropy(logits, labels)
         kl = consistency_kl(logits, masked_logits)
         decor = decorrelation_loss(features, mode=self.decor_mode, reduction=self.decor_reduction)
         total = ce + self.lambda_consistency * kl + self.lambda_decor * decor
         return total, self._parts(total, logits, ce=ce, consistency=kl, decor=decor)
-
-    def close(self) -> None:
-        self.hook.remove()
 
     def extra_repr(self) -> str:
         return (

@@ -24,19 +24,10 @@ from __future__ import annotations
 import torch
 
 from .._validation import check_int, check_positive_float
-from ..ops.masking.dispatch import mask_features
-from ._common import (
-    Objective,
-    check_batch,
-    check_fraction,
-    check_masked_bn,
-    consistency_kl,
-    cross_entropy,
-    eval_mode,
-    forward_pair,
-    input_saliency,
-    unwrap_model,
-)
+from ..models.introspection import unwrap_model
+from ..ops import mask_features
+from .base import Objective, check_batch, consistency_kl, cross_entropy
+from .masking import check_fraction, check_masked_bn, eval_mode, forward_pair, input_saliency
 
 __all__ = ["SCAAT", "adaptive_budget"]
 

@@ -17,18 +17,8 @@ Per step:
 from __future__ import annotations
 
 from .._validation import check_positive_float
-from ._common import (
-    Objective,
-    check_batch,
-    check_fill,
-    check_fraction,
-    check_masked_bn,
-    consistency_kl,
-    cross_entropy,
-    forward_pair,
-    input_saliency,
-    mask_least_salient,
-)
+from .base import Objective, check_batch, consistency_kl, cross_entropy
+from .masking import check_fill, check_fraction, check_masked_bn, forward_pair, input_saliency, mask_least_salient
 
 __all__ = ["SaliencyGuidedTraining"]
 
@@ -64,12 +54,15 @@ class SaliencyGuidedTraining(Objective):
         self.masked_bn = check_masked_bn(masked_bn)
         self.generator = generator
 
-    def _clean_and_masked(self, model, images, labels, hook=None):
-        """Saliency, masking and the two forwards: (clean logits, masked logits, hooked features)."""
+    def _clean_and_masked(self, model, images, labels, *, record: bool = False, feature_layer=None):
+        """Saliency, masking and the two forwards: (clean logits, masked logits, clean features or None).
+
+        With ``record=True`` the clean batch's features at ``feature_layer`` are recorded (the
+        layer is hooked for that forward only)."""
         check_batch(images, labels)
         saliency = input_saliency(model, images, labels, absolute=self.saliency_abs)
         masked, _ = mask_least_salient(images, saliency, self.mask_fraction, self.fill, self.generator)
-        return forward_pair(model, images, masked, self.masked_bn, hook)
+        return forward_pair(model, images, masked, self.masked_bn, record=record, feature_layer=feature_layer)
 
     def forward(self, model, images, labels):
         logits, masked_logits, _ = self._clean_and_masked(model, images, labels)

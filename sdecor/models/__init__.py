@@ -25,24 +25,37 @@ forward), so backward hooks (RectGrad, Guided Backprop) can rewrite its gradient
 backward (input-gradient penalties) works. Models take [0, 1] images directly (no input
 normalisation; the first conv is followed by BatchNorm).
 
-``get_layer(model, name) -> nn.Module``: the sub-module called ``name`` (a DDP wrapper's
-``module.`` prefix is handled), with a ``ValueError`` listing close names if missing.
+Model introspection (:mod:`sdecor.models.introspection`, for any ``nn.Module``):
+
+``get_layer(model, name) -> nn.Module``: the sub-module called ``name`` (wrappers and a DDP
+wrapper's ``module.`` prefix are handled), with a ``ValueError`` listing close names if missing.
+``unwrap_model(model)``: the module inside DDP / DataParallel / torch.compile wrappers.
+``resolve_feature_layer(model, layer=None) -> (module, record_input, name)``: the penultimate
+features (``model.feature_layer``, else the classifier's input), ``"conv"``
+(``model.conv_feature_layer``) or a named layer.
+``record_features(model, layer=None)``: ``with record_features(model) as record: model(x)``
+leaves the layer's features in ``record.features``; the hook exists only inside the block.
 
 ``build_model(name, num_classes=10, in_channels=3, **kwargs) -> nn.Module`` with ``name`` in
 ``MODEL_NAMES`` (``"small_cnn"``, ``"resnet20"``; ``"smallcnn"`` and ``"small-cnn"`` are
 aliases).
 """
 
+from .introspection import FeatureRecord, get_layer, record_features, resolve_feature_layer, unwrap_model
 from .iternorm import IterNorm, replace_last_batchnorm
-from .small import MODEL_NAMES, ResNet20, SmallCNN, build_model, get_layer, resnet20
+from .small import MODEL_NAMES, ResNet20, SmallCNN, build_model, resnet20
 
 __all__ = [
     "MODEL_NAMES",
+    "FeatureRecord",
     "IterNorm",
     "ResNet20",
     "SmallCNN",
     "build_model",
     "get_layer",
+    "record_features",
     "replace_last_batchnorm",
     "resnet20",
+    "resolve_feature_layer",
+    "unwrap_model",
 ]

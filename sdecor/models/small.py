@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
-
 import torch
 from torch import nn
 
 from .._validation import check_int
 
-__all__ = ["MODEL_NAMES", "ResNet20", "SmallCNN", "build_model", "get_layer", "resnet20"]
+__all__ = ["MODEL_NAMES", "ResNet20", "SmallCNN", "build_model", "resnet20"]
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -153,17 +151,3 @@ def build_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs
     if key not in _BUILDERS:
         raise ValueError(f"unknown model {name!r}; expected one of {MODEL_NAMES}")
     return _BUILDERS[key](num_classes=num_classes, in_channels=in_channels, **kwargs)
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """The sub-module of ``model`` called ``name`` (``"module."`` prefixes of DDP wrappers handled)."""
-    if not isinstance(name, str):
-        raise TypeError(f"layer name must be a str, got {type(name).__name__}")
-    while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, name.split(".")[0]):
-        model = model.module  # DistributedDataParallel / DataParallel
-    modules = dict(model.named_modules())
-    if name in modules:
-        return modules[name]
-    close = difflib.get_close_matches(name, [n for n in modules if n], n=5)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"{type(model).__name__} has no layer named {name!r}{hint}")

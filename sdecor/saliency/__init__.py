@@ -9,7 +9,7 @@ predicted class. The model is used as given (train/eval mode untouched, as in Ca
 (``METHODS`` is the same dict, under its former name).
 """
 
-from ._base import Attribution
+from ._base import Attribution, input_gradient
 from .dance import DANCE, Decoys
 from .gradient import Gradient, InputXGradient
 from .guided_backprop import GuidedBackprop
@@ -40,5 +40,6 @@ __all__ = [
     "METHODS",
     "NT_TYPES",
     "IG_METHODS",
+    "input_gradient",
     "resolve_target",
 ]

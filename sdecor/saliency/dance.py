@@ -54,6 +54,7 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_int, check_positive_float
+from ..models.introspection import get_layer
 from ._base import Attribution, check_inputs, row_chunks
 from .registry import BASE_METHODS
 
@@ -131,16 +132,7 @@ class DANCE(Attribution):
             raise ValueError(
                 "DANCE needs layer: the module (or its dotted name) whose activations the decoys must keep"
             )
-        if isinstance(layer, str):
-            try:
-                layer = model.get_submodule(layer)
-            except AttributeError as exc:
-                raise ValueError(f"layer {layer!r} is not a submodule of the model") from exc
-        if not isinstance(layer, nn.Module):
-            raise TypeError(f"layer must be an nn.Module or a dotted module name, got {type(layer).__name__}")
-        if not any(m is layer for m in model.modules()):
-            raise ValueError("layer must be a submodule of the model")
-        self.layer = layer
+        self.layer = get_layer(model, layer)
         self.base_method = self._make_base(base_method)
 
     def _make_base(self, base_method):

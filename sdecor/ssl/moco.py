@@ -3,9 +3,10 @@
 Pieces:
 
 * :class:`Encoder`: a backbone (any ``nn.Module``; by default ``sdecor.models.SmallCNN``) whose
-  last convolutional feature map is captured by a forward hook, global-average pooled to the
-  representation ``h`` (N, C); a 2-layer MLP projection head (Linear-ReLU-Linear, MoCo v2) maps
-  ``h`` to the embedding ``z``; a 1x1-conv local head maps the feature map to patch embeddings.
+  last convolutional feature map is captured by a forward hook held during the call only,
+  global-average pooled to the representation ``h`` (N, C); a 2-layer MLP projection head
+  (Linear-ReLU-Linear, MoCo v2) maps ``h`` to the embedding ``z``; a 1x1-conv local head maps
+  the feature map to patch embeddings.
 * :class:`MoCo`: query encoder, momentum (key) encoder updated as ``k = m k + (1 - m) q``, a queue
   of K normalised keys, InfoNCE with temperature tau, shuffled-BN emulated on one device by
   running the key encoder on ``bn_splits`` random sub-batches, plus the local loss.
@@ -28,14 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.introspection import get_layer, record_features
+
 __all__ = ["Encoder", "MoCo", "info_nce", "local_patch_contrastive_loss", "corresponding_points", "patch_grid"]
-
-
-def _get_layer(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules:
-        raise ValueError(f"{type(model).__name__} has no sub-module {name!r}")
-    return modules[name]
 
 
 class Encoder(nn.Module):
@@ -51,8 +47,7 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.conv_layer = conv_layer
-        self._fmap = None
-        _get_layer(backbone, conv_layer).register_forward_hook(self._grab)
+        get_layer(backbone, conv_layer)  # an unknown name fails here, not at the first forward
         self.head = nn.Sequential(nn.Linear(feat_dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
         self.local_head = (
             nn.Sequential(nn.Conv2d(feat_dim, hidden, 1), nn.ReLU(), nn.Conv2d(hidden, local_dim, 1))
@@ -60,14 +55,11 @@ class Encoder(nn.Module):
             else None
         )
 
-    def _grab(self, module, inputs, output):
-        self._fmap = output
-
     def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled features h, feature map) of the backbone."""
-        self._fmap = None
-        self.backbone(x)
-        fmap, self._fmap = self._fmap, None
+        """(pooled features h, feature map) of the backbone; ``conv_layer`` is hooked during the call only."""
+        with record_features(self.backbone, get_layer(self.backbone, self.conv_layer)) as record:
+            self.backbone(x)
+        fmap = record.features
         if fmap is None or fmap.ndim != 4:
             raise ValueError(f"layer {self.conv_layer!r} did not produce an (N, C, h, w) feature map")
         return fmap.mean((2, 3)), fmap

@@ -12,40 +12,19 @@ Objective contract
     functions or ``nn.Module``\\ s (moved to the device; their parameters, if any, are
     optimised with the model's). ``model`` as passed to the objective is the model as wrapped
     for training (a ``DistributedDataParallel`` under torchrun): always run the forward pass
-    through it, and reach attributes / named modules with ``unwrap_model(model)`` (e.g.
-    ``get_layer(unwrap_model(model), unwrap_model(model).feature_layer)`` for a forward hook).
-    The objective is called in train mode inside the autocast region (on CUDA with AMP);
-    it may call the model several times and use ``torch.autograd.grad(..., create_graph=True)``.
-
-``CrossEntropyObjective(label_smoothing=0.0)``: the minimal objective, parts ``{"ce",
-"logits"}``.
+    through it, and reach attributes / named modules through :mod:`sdecor.models.introspection`
+    (``unwrap_model``, ``get_layer``, ``record_features``, which hooks a layer only for a
+    ``with`` block). The objective is called in train mode inside the autocast region (on CUDA
+    with AMP); it may call the model several times and use
+    ``torch.autograd.grad(..., create_graph=True)``. The objectives of :mod:`sdecor.losses`
+    (``Standard`` for plain cross-entropy) follow this contract.
 
 ``fit(model, objective, train_loader, *, epochs=10, optimizer=None, lr=0.05, momentum=0.9,
 weight_decay=5e-4, schedule="onecycle", device=None, amp=None, amp_dtype="bfloat16", seed=0,
 checkpoint_dir=None, resume=False, eval_loader=None, eval_fn=None, progress=True, meta=None,
-distributed=None, grad_clip=None, max_steps=None) -> History``
-    * optimizer: default SGD(momentum 0.9, nesterov, weight decay 5e-4 on all parameters) at
-      ``lr``; pass any ``torch.optim.Optimizer`` (then ``lr`` is only used by the schedule).
-    * schedule: ``"onecycle"`` (``OneCycleLR`` with ``max_lr=lr``), ``"cosine"`` (cosine decay
-      to 0), ``"constant"``; stepped per batch.
-    * device: ``None`` = ``cuda`` (``cuda:LOCAL_RANK`` under torchrun) if available, else cpu.
-    * amp: ``None`` = on for CUDA, off on CPU; ``amp_dtype`` ``"bfloat16"`` (no loss scaling)
-      or ``"float16"`` (with ``torch.amp.GradScaler``).
-    * seed: ``set_seed(seed + rank)`` at the start (weights are initialised *before* ``fit``:
-      call ``set_seed`` before building the model for fully reproducible runs). A loader without
-      its own generator is reseeded through the global RNG; ``make_loaders`` gives it one.
-    * checkpoint_dir: rank 0 writes ``last.pt`` after every epoch (model, optimizer, schedule,
-      scaler, history, ``meta``) and ``final.pt`` at the end (model + meta only). ``resume=True``
-      continues from ``checkpoint_dir/last.pt`` if present.
-    * eval_loader: after every epoch ``eval_acc`` = ``evaluate_accuracy`` (on every rank, on the
-      full loader). eval_fn: ``eval_fn(model) -> dict[str, float]``, rank 0 only, merged into the
-      epoch's record (the unwrapped model, in eval mode; restored to train mode afterwards).
-    * distributed: ``None`` = on when launched by torchrun (``WORLD_SIZE > 1``); the process
-      group is initialised if needed (nccl on CUDA, gloo on CPU), the model wrapped in DDP,
-      the train loader rebuilt with a ``DistributedSampler`` (same batch size per rank),
-      logging, progress bar and checkpoints on rank 0 only; loss parts are all-reduced.
-    * max_steps: stop after this many optimizer steps in total (smoke tests).
-    Returns the ``History``; the model is trained in place (and left unwrapped, in eval mode).
+distributed=None, grad_clip=None, max_steps=None) -> History``: every argument is documented
+on :func:`~sdecor.train.loop.fit`. Returns the ``History``; the model is trained in place (and
+left unwrapped, in eval mode).
 
 ``History``: ``history.epochs`` is a list of per-epoch dicts with keys ``epoch`` (1-based),
 ``loss``, every scalar part, ``train_acc`` (if logits were given), ``lr`` (at epoch end),
@@ -67,27 +46,19 @@ Convention for ``meta``: ``{"model": spec, "data": DatasetInfo.as_dict(), "objec
 ``load_checkpoint(path, model=None, map_location="cpu") -> (model, meta)``: rebuilds the model
 from the stored spec (or loads the state into ``model`` when given), in eval mode.
 
-``unwrap_model(model)``: the module inside a DDP / DataParallel wrapper (identity otherwise).
 ``resolve_device(device=None) -> torch.device``; ``is_main_process()``; ``get_rank()``;
-``get_world_size()``.
+``get_world_size()`` (:mod:`sdecor.train.distributed`).
+
+Modules: :mod:`~sdecor.train.loop` (``fit``, ``evaluate_accuracy``, ``set_seed``),
+:mod:`~sdecor.train.history`, :mod:`~sdecor.train.distributed`, :mod:`~sdecor.train.checkpoint`.
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .loop import (
-    CrossEntropyObjective,
-    History,
-    evaluate_accuracy,
-    fit,
-    get_rank,
-    get_world_size,
-    is_main_process,
-    resolve_device,
-    set_seed,
-    unwrap_model,
-)
+from .distributed import get_rank, get_world_size, is_main_process, resolve_device
+from .history import History
+from .loop import evaluate_accuracy, fit, set_seed
 
 __all__ = [
-    "CrossEntropyObjective",
     "History",
     "evaluate_accuracy",
     "fit",
@@ -98,5 +69,4 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "set_seed",
-    "unwrap_model",
 ]

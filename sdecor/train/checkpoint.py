@@ -8,15 +8,12 @@ import tempfile
 import torch
 from torch import nn
 
+from ..models import build_model
+from ..models.introspection import unwrap_model
+
 __all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "sdecor-checkpoint-v1"
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    from .loop import unwrap_model
-
-    return unwrap_model(model)
 
 
 def _model_spec(model: nn.Module, meta: dict | None) -> dict | None:
@@ -37,7 +34,7 @@ def save_checkpoint(path: str, model: nn.Module, meta: dict | None = None, **ext
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict or None, got {type(meta).__name__}")
-    model = _unwrap(model)
+    model = unwrap_model(model)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "model_state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -92,10 +89,8 @@ def load_checkpoint(path: str, model: nn.Module | None = None, map_location="cpu
                 f"{path} does not say how to build its model (no model spec: the model had no .config and "
                 "meta['model'] was not given); pass the model: load_checkpoint(path, model=...)"
             )
-        from ..models import build_model
-
         model = build_model(spec["name"], **spec.get("kwargs", {}))
-    target = _unwrap(model)
+    target = unwrap_model(model)
     try:
         target.load_state_dict(ck["model_state"], strict=strict)
     except RuntimeError as exc:

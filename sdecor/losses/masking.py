@@ -1,0 +1,149 @@
+"""The saliency-masking machinery of the consistency objectives (SGT, SCAAT, SaliencyDecor).
+
+* :func:`input_saliency`: the gradient of the target logit with respect to the input, from one
+  batched backward, averaged over channels (B, 1, H, W); the model runs in eval mode for it,
+  as in the official Saliency Guided Training code.
+* :func:`mask_least_salient`: replace the least salient pixels of each sample.
+* :func:`forward_pair`: the clean and the perturbed batch through the model, with the three
+  ways the perturbed batch can meet BatchNorm (:data:`MASKED_BN`), recording the clean batch's
+  features at a layer when asked.
+* :func:`eval_mode`: every submodule in eval mode for a block, each flag restored afterwards.
+* Option checks: :func:`check_fraction`, :func:`check_fill`, :func:`check_masked_bn`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from .._validation import check_choice
+from ..models.introspection import record_features, unwrap_model
+from ..ops import mask_features
+from ..ops.masking.checks import FILLS
+from ..saliency import input_gradient
+from .base import check_logits
+
+__all__ = [
+    "MASKED_BN",
+    "FILLS",
+    "check_fill",
+    "check_fraction",
+    "check_masked_bn",
+    "eval_mode",
+    "forward_pair",
+    "input_saliency",
+    "mask_least_salient",
+]
+
+#: How the perturbed (masked or adversarial) batch meets BatchNorm:
+#: ``"train"``: its own forward in train mode (batch statistics of the perturbed batch; running
+#: statistics updated by it too), as the official SGT code does;
+#: ``"joint"``: concatenated with the clean batch in one train-mode forward (shared statistics);
+#: ``"eval"``: its own forward in eval mode (running statistics, no update; dropout off).
+MASKED_BN = ("train", "joint", "eval")
+
+
+def check_fraction(value, name: str, *, allow_zero: bool = False, allow_one: bool = False) -> float:
+    """A real number in (0, 1) (ends included on request); TypeError / ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number in (0, 1), got {type(value).__name__} {value!r}")
+    value = float(value)
+    low_ok = value > 0 or (allow_zero and value == 0)
+    high_ok = value < 1 or (allow_one and value == 1)
+    if not (low_ok and high_ok):
+        lo = "[0" if allow_zero else "(0"
+        hi = "1]" if allow_one else "1)"
+        raise ValueError(f"{name} must be in {lo}, {hi}, got {value}")
+    return value
+
+
+def check_masked_bn(value) -> str:
+    """One of :data:`MASKED_BN`; ValueError otherwise."""
+    return check_choice(value, "masked_bn", MASKED_BN)
+
+
+def check_fill(value):
+    """A fill: ``"uniform"``, ``"mean"`` or a number (returned as float)."""
+    if isinstance(value, str):
+        return check_choice(value, "fill", FILLS)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"fill must be 'uniform', 'mean' or a number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule in eval mode; restore each one's own flag afterwards (also on error)."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def input_saliency(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, absolute: bool = False
+) -> torch.Tensor:
+    """Gradient saliency of the target logit, averaged over channels; a constant (detached).
+
+    One forward of the whole batch with the model in eval mode, and one backward of the summed
+    target logits with respect to the input only (no parameter ``.grad`` is touched, no graph is
+    kept; :func:`sdecor.saliency.input_gradient`). Images (B, C, H, W) give (B, 1, H, W)
+    (``mean`` over channels, then ``abs`` when ``absolute``, in the official SGT code's order);
+    other shapes give a saliency shaped like the input.
+    """
+    net = unwrap_model(model)
+    with eval_mode(net):
+        grad = input_gradient(net, images.detach(), labels.long())
+    saliency = grad.mean(dim=1, keepdim=True) if images.ndim == 4 else grad
+    return saliency.abs() if absolute else saliency
+
+
+def mask_least_salient(images, saliency, fraction, fill, generator=None):
+    """Replace the ``fraction`` least salient pixels of each sample (``mask_features``); detached."""
+    masked, mask = mask_features(images.detach(), saliency, fraction, largest=False, fill=fill, generator=generator)
+    return masked.detach(), mask
+
+
+def forward_pair(
+    model: nn.Module,
+    images: torch.Tensor,
+    perturbed: torch.Tensor,
+    masked_bn: str,
+    *,
+    record: bool = False,
+    feature_layer=None,
+):
+    """Clean and perturbed logits, and the clean batch's features at ``feature_layer`` (or None).
+
+    ``masked_bn`` (see :data:`MASKED_BN`): ``"train"`` two train-mode forwards; ``"joint"`` one
+    forward of the concatenated batch; ``"eval"`` the perturbed batch in eval mode. The model's
+    own mode is used for the clean batch. With ``record=True`` the clean batch's features at
+    ``feature_layer`` (anything :func:`sdecor.models.record_features` accepts; None: the
+    penultimate features) are returned too: the layer is hooked for the clean forward only and
+    unhooked before this returns, also when it raises.
+    """
+    batch = images.shape[0]
+    features = None
+    hooked = record_features(model, feature_layer) if record else contextlib.nullcontext()
+    if masked_bn == "joint":
+        with hooked as rec:
+            both = check_logits(model(torch.cat([images, perturbed], dim=0)), 2 * batch)
+            if record:
+                features = rec.pop()[:batch]
+        return both[:batch], both[batch:], features
+    with hooked as rec:
+        logits = check_logits(model(images), batch)
+        if record:
+            features = rec.pop()
+    if masked_bn == "eval":
+        with eval_mode(model):
+            perturbed_logits = model(perturbed)
+    else:
+        perturbed_logits = model(perturbed)
+    return logits, check_logits(perturbed_logits, batch), features
