@@ -54,7 +54,7 @@ ext_modules, cmdclass = _extensions()
 setup(
     packages=find_packages(include=["sdecor", "sdecor.*"]) + ["sdecor.kernels"],
     package_dir={"sdecor.kernels": "kernels"},
-    package_data={"sdecor.data": ["*.npz", "*.txt"], "sdecor.benchmarks": ["*.json"]},
+    package_data={"sdecor.data": ["*.npz", "*.txt"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

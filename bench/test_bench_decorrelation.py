@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from sdecor.benchmarks import decorrelation as suite
-from sdecor.benchmarks.common import pedantic
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _GROUPS = None
@@ -34,7 +33,7 @@ IDS = ["N{}-D{}-{}".format(*suite.QUICK_SIZES[i], name) for i, name in CASES]
 
 
 @pytest.mark.parametrize("index,impl_name", CASES, ids=IDS)
-def test_decorrelation_forward_backward(benchmark, index, impl_name):
+def test_decorrelation_forward_backward(benchmark, pedantic, index, impl_name):
     groups = [g for g in _groups() if g.params["dtype"] == "fp32"]
     group = groups[index]
     impls = {impl.name: impl for impl in group.impls}

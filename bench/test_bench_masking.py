@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from sdecor.benchmarks import masking as suite
-from sdecor.benchmarks.common import pedantic
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SETTINGS = [
@@ -41,7 +40,7 @@ IDS = ["B{}-{}x{}-{}-k{}-{}".format(*SETTINGS[i][:4], int(SETTINGS[i][4] * 100),
 
 
 @pytest.mark.parametrize("index,impl_name", CASES, ids=IDS)
-def test_masking(benchmark, index, impl_name):
+def test_masking(benchmark, pedantic, index, impl_name):
     group = _groups()[index]
     fn = {impl.name: impl for impl in group.impls}[impl_name].fn
     slow = SETTINGS[index][1] == 224 and impl_name in ("reference", "sgt_loop")

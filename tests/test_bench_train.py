@@ -1,11 +1,12 @@
-"""The ``train`` benchmark suite: one quick CPU run through the runner, and the targets check on it."""
+"""The ``train`` benchmark suite: one quick CPU run through the runner (the targets check on such a
+run is in bench/tests/test_targets.py)."""
 
 import json
 
 import pytest
 import torch
 
-from sdecor.benchmarks import runner, targets, train
+from sdecor.benchmarks import runner, train
 
 NAMES = ["standard", "saliencydecor", "part:saliency", "part:mask_features", "part:decorrelation"]
 
@@ -43,16 +44,6 @@ def test_quick_run_times_every_implementation(quick_run):
     assert ms["saliencydecor"] > 1.2 * ms["standard"], ms
     assert all(ms[p] < ms["saliencydecor"] for p in NAMES[2:]), ms
     assert impls["standard"]["speedup"] == 1.0
-
-
-def test_targets_show_the_quick_figures_without_a_verdict(quick_run):
-    text, rows = targets.check_file(quick_run)
-    t5 = [r for r in rows if r.target == 5]
-    assert len(t5) == 2 and all(r.status == "NOT RUN" for r in t5)
-    assert t5[0].measured.endswith(" ms)") and t5[1].measured.endswith("%")
-    assert "B=16" in t5[0].setting and "CUDA" in t5[0].note
-    assert (quick_run.parent / "cpu-quick-targets.md").read_text() == text
-    assert targets.summary(rows) == {t: "NOT RUN" for t in targets.TARGETS}
 
 
 def test_run_honours_the_batch_and_each_impl_runs():

@@ -22,7 +22,6 @@ __all__ = [
     "measure_interleaved",
     "paired_ratio",
     "pin_glibc_malloc",
-    "pedantic",
     "Measurement",
     "synchronize",
 ]
@@ -104,31 +103,6 @@ def pin_glibc_malloc() -> str | None:
     if not (mallopt(m_mmap_threshold, threshold) and mallopt(m_trim_threshold, 2**30)):
         return None
     return "glibc mallopt: mmap threshold 32 MiB, trim threshold 1 GiB"
-
-
-def pedantic(
-    benchmark,
-    fn: Callable[[], object],
-    device: torch.device,
-    label: str,
-    params: dict,
-    rounds: int,
-    warmup_rounds: int = 0,
-) -> None:
-    """Time ``fn`` with pytest-benchmark's ``benchmark`` fixture (the bench/test_bench_*.py files).
-
-    One untimed call first (compilation, caches), then ``rounds`` timed calls, each followed by a
-    device synchronisation on CUDA so queued kernels are counted; ``label`` groups the table rows.
-    """
-    fn()
-
-    def timed():
-        fn()
-        synchronize(device)
-
-    benchmark.group = label
-    benchmark.extra_info.update(params)
-    benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup_rounds)
 
 
 def synchronize(device: torch.device) -> None:

@@ -10,20 +10,18 @@ grad:
 * ``compiled``: ``torch.compile(reference, dynamic=False)``;
 * ``matmul_floor`` (CUDA): the two cuBLAS matmuls the chosen route needs, in x's dtype, nothing
   else: route D (N >= D) ``(D,N)@(N,D)`` then ``(N,D)@(D,D)``; route N ``(N,D)@(D,N)`` then
-  ``(N,N)@(N,D)``. A fused kernel cannot beat this by much; the targets are stated against it,
-  and the tables print every implementation's time / this floor's time.
+  ``(N,N)@(N,D)``. A fused kernel cannot beat this by much; the tables print every
+  implementation's time / this floor's time.
 
 Groups: N in {256, 1024, 8192} x D in {128, 512, 2048, 8192}, plus (8192, 4096), in float32 and
 bfloat16 on CUDA (``quick``: N in {256, 1024} x D in {128, 512}); on CPU, float32 only, with
 ``quick`` N in {256, 1024} x D in {128, 512}. Settings that would not fit in free GPU memory are
-left out. Targets on an H100 (issue 2): N = 256, D in {512, 2048}: triton >= 5x the eager
-reference and >= 1.5x compiled; N = 8192, D = 4096 and N = 256, D = 8192: within 1.3x of
-``matmul_floor``.
+left out.
 
-Memory (issue 7): ``peak MB`` is the peak allocation of one forward + backward above what was
-allocated before it, the returned gradient included (CUDA only). The ``bound MB`` column is the
-target for it: N*D + min(N, D)^2 elements of the input's dtype (:func:`bound_mb`); the eager
-reference's and the matmul floor's peaks stand beside it in the same table.
+Memory: ``peak MB`` is the peak allocation of one forward + backward above what was allocated
+before it, the returned gradient included (CUDA only). The ``bound MB`` column is what the fused
+kernels should stay within: N*D + min(N, D)^2 elements of the input's dtype (:func:`bound_mb`);
+the eager reference's and the matmul floor's peaks stand beside it in the same table.
 """
 
 from __future__ import annotations
@@ -32,13 +30,11 @@ import torch
 
 from .common import Group, Impl
 
-__all__ = ["run", "SUITE", "SIZES", "QUICK_SIZES", "TARGET_SIZES", "bound_mb"]
+__all__ = ["run", "SUITE", "SIZES", "QUICK_SIZES", "bound_mb"]
 
 SUITE = "decorrelation"
 SIZES = [(n, d) for n in (256, 1024, 8192) for d in (128, 512, 2048, 8192)] + [(8192, 4096)]
 QUICK_SIZES = [(n, d) for n in (256, 1024) for d in (128, 512)]
-#: the sizes issue 7's targets are stated at (``sdecor.benchmarks.targets``)
-TARGET_SIZES = [(256, 512), (256, 2048), (8192, 4096), (256, 8192)]
 _DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -53,7 +49,7 @@ def _fwd_bwd(loss_fn, x: torch.Tensor):
 
 
 def bound_mb(n: int, d: int, dtype: torch.dtype) -> float:
-    """Issue 7's memory bound for the penalty's forward + backward: N*D + min(N, D)^2 elements of
+    """Memory bound for the penalty's forward + backward: N*D + min(N, D)^2 elements of
     ``dtype`` (the gradient and one D x D or N x N block), in MiB (2**20 bytes, like ``peak MB``)."""
     return (n * d + min(n, d) ** 2) * torch.empty((), dtype=dtype).element_size() / 2**20
 

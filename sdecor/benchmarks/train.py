@@ -20,14 +20,13 @@ One group: ResNet-20 (:func:`sdecor.models.resnet20`, 10 classes) on random 3 x 
     reduction, backend ``"auto"``: Triton on CUDA) on a copy of the hooked features (B, 64), in
     the dtype the model produced them in (bfloat16 under AMP).
 
-  "penalty and masking under 10% of the step" (issue 7) is
+  the share of the penalty and the masking in the step is
   (``part:mask_features`` + ``part:decorrelation``) / ``saliencydecor``.
 
 Each step implementation trains its own copy of one initial model with its own optimizer.
 On CUDA: batch 256 under ``torch.autocast(dtype=bfloat16)`` (as ``sdecor.train.fit`` runs with
 ``amp=True``; bf16 needs no gradient scaler); on CPU: float32 without autocast, batch 16 with
-``quick`` (a few seconds) and 256 otherwise. Target on an H100 (issue 7): ``saliencydecor``
-<= 2.5x ``standard``, and the two parts above together < 10% of ``saliencydecor``.
+``quick`` (a few seconds) and 256 otherwise.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
-"""Issue 7's target checker (sdecor.benchmarks.targets) on synthetic results JSONs."""
+"""Issue 7's target checker (bench/targets.py) on synthetic results JSONs, and on a quick CPU run
+of the ``train`` suite."""
 
 import copy
 import json
 
 import pytest
+import targets  # bench/targets.py (bench/ is put on sys.path by bench/tests/conftest.py)
 
-from sdecor.benchmarks import decorrelation, masking, targets
+from sdecor.benchmarks import decorrelation, masking, runner
 
 GPU = "nvidia-h100-80gb-hbm3"
 
@@ -295,7 +297,25 @@ def test_suite_part_slices_and_restores():
     with pytest.raises(ValueError, match="1 <= I <= K"), targets.suite_part("masking", 3, 2):
         pass
     with targets.target_settings():
-        assert decorrelation.SIZES == decorrelation.TARGET_SIZES and masking.FULL_SETTINGS == masking.TARGET_SETTINGS
+        assert decorrelation.SIZES == targets.DECORRELATION_SIZES and masking.FULL_SETTINGS == targets.MASKING_SETTINGS
     assert decorrelation.SIZES == full
-    assert set(decorrelation.TARGET_SIZES) <= set(decorrelation.SIZES)
-    assert set(masking.TARGET_SETTINGS) <= set(masking.FULL_SETTINGS)
+    assert set(targets.DECORRELATION_SIZES) <= set(decorrelation.SIZES)
+    assert set(targets.MASKING_SETTINGS) <= set(masking.FULL_SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def train_quick_run(tmp_path_factory):
+    """One CPU quick run of the ``train`` suite (batch 16, float32: a few seconds) written by the runner."""
+    out = tmp_path_factory.mktemp("train")
+    assert runner.main(suites=["train"], device="cpu", quick=True, out=out, command="test", progress=False) == 0
+    return out / "cpu-quick.json"
+
+
+def test_targets_show_the_quick_figures_without_a_verdict(train_quick_run):
+    text, rows = targets.check_file(train_quick_run)
+    t5 = [r for r in rows if r.target == 5]
+    assert len(t5) == 2 and all(r.status == "NOT RUN" for r in t5)
+    assert t5[0].measured.endswith(" ms)") and t5[1].measured.endswith("%")
+    assert "B=16" in t5[0].setting and "CUDA" in t5[0].note
+    assert (train_quick_run.parent / "cpu-quick-targets.md").read_text() == text
+    assert targets.summary(rows) == {t: "NOT RUN" for t in targets.TARGETS}
