@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install sdecor with its test extras (CPU torch on a machine without torch) and run the tests.
+# Install sdecor with its test extras (CPU torch on a machine without torch), lint, and run the tests.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,4 +15,8 @@ if command -v nvcc >/dev/null 2>&1 && [ -d csrc/cuda ]; then
   echo "nvcc compile check of csrc/cuda"
   for f in csrc/cuda/*.cu; do nvcc -std=c++17 -O2 -arch=sm_90 -c "$f" -o "/tmp/$(basename "$f").o"; done
 fi
+echo "lint: ruff check, ruff format --check, lint-imports (the layer and no-cycle contracts in pyproject.toml)"
+ruff check .
+ruff format --check .
+lint-imports
 python -m pytest -q "$@"

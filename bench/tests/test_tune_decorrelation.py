@@ -7,7 +7,7 @@ import pytest
 import torch
 import tune_decorrelation as tune  # bench/tune_decorrelation.py (bench/ is on sys.path: bench/tests/conftest.py)
 
-from sdecor.ops import decorrelation_triton as DT
+from sdecor.ops.decorrelation import triton as DT
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_kernels = pytest.mark.skipif(

@@ -2,21 +2,10 @@
 
 import pytest
 import torch
+from nets import two_conv_cnn as cnn
 from torch import nn
 
 from sdecor.saliency import DANCE, Gradient, InputXGradient, SmoothGrad
-
-
-def cnn():
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(2, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(6, 6, 3, padding=1),
-        nn.ReLU(),
-        nn.Flatten(),
-        nn.Linear(6 * 7 * 7, 3),
-    ).eval()
 
 
 def check_decoys(model, layer, x, result, atol=1e-6):

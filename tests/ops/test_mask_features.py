@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from sdecor.ops.masking import extension as _extension
 from sdecor.ops.masking.dispatch import mask_features
 from sdecor.ops.masking.reference import mask_select_reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # the repository root
 HAS_CPP = _extension.has_cpu()
 needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"sdecor._C not built ({_extension.load_error()})")
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

@@ -1,6 +1,7 @@
 """``sdecor explain``: PNGs from a checkpoint; clean messages for bad arguments."""
 
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ from sdecor.data import make_loaders
 from sdecor.models import SmallCNN
 from sdecor.train import save_checkpoint
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # the repository root
 
 
 @pytest.fixture(scope="module")

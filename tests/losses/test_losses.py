@@ -6,6 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import PooledCNN as TinyCNN
+from nets import PooledCNNWithoutFeatureLayer as PlainCNN
 from torch import nn
 
 from sdecor import decorrelation_loss
@@ -25,33 +27,6 @@ from sdecor.losses import (
 )
 from sdecor.losses.masking import eval_mode
 from sdecor.models import record_features, resolve_feature_layer
-
-
-class TinyCNN(nn.Module):
-    """conv-BN-ReLU, pooled features (named by ``feature_layer``), linear head."""
-
-    feature_layer = "pool"
-    conv_feature_layer = "relu"
-
-    def __init__(self, channels=2, classes=3, width=4):
-        super().__init__()
-        self.conv = nn.Conv2d(channels, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.relu = nn.ReLU()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(width, classes)
-
-    def features(self, x):
-        return self.pool(self.relu(self.bn(self.conv(x))))
-
-    def forward(self, x):
-        return self.fc(self.features(x))
-
-
-class PlainCNN(TinyCNN):
-    """The same network without the ``feature_layer`` attribute: features = the classifier's input."""
-
-    feature_layer = None
 
 
 class LinearNet(nn.Module):

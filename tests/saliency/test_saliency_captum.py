@@ -9,6 +9,8 @@ from torch import nn
 
 captum_attr = pytest.importorskip("captum.attr")
 
+from nets import pooled_float64_cnn as cnn  # noqa: E402
+
 from sdecor.saliency import Gradient, GuidedBackprop, InputXGradient, IntegratedGradients, SmoothGrad  # noqa: E402
 
 pytestmark = [pytest.mark.captum, pytest.mark.filterwarnings("ignore::UserWarning:captum")]
@@ -17,24 +19,6 @@ pytestmark = [pytest.mark.captum, pytest.mark.filterwarnings("ignore::UserWarnin
 def mlp():
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 4)).double().eval()
-
-
-def cnn():
-    torch.manual_seed(0)
-    return (
-        nn.Sequential(
-            nn.Conv2d(3, 5, 3, padding=1),
-            nn.BatchNorm2d(5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(5, 6, 3),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(6 * 2 * 2, 5),
-        )
-        .double()
-        .eval()
-    )
 
 
 @pytest.fixture(params=["mlp", "cnn"])

@@ -13,24 +13,13 @@ import torch
 
 quantus = pytest.importorskip("quantus")
 
+from nets import StridedCNN as SmallCNN  # noqa: E402
+
 import sdecor.metrics as M  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
 PER_SAMPLE = {"normalise_axes": [1, 2, 3]}
-
-
-class SmallCNN(torch.nn.Module):
-    def __init__(self, classes=5):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 6, 3, padding=1)
-        self.c2 = torch.nn.Conv2d(6, 8, 3, padding=1, stride=2)
-        self.fc = torch.nn.Linear(8 * 6 * 6, classes)
-
-    def forward(self, x):
-        x = torch.relu(self.c1(x))
-        x = torch.relu(self.c2(x))
-        return self.fc(x.flatten(1))
 
 
 @pytest.fixture

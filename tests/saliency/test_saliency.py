@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from nets import flat_cnn as small_cnn
 from torch import nn
 from torch.func import functional_call
 
@@ -18,18 +19,6 @@ from sdecor.saliency import (
     resolve_target,
 )
 from sdecor.saliency.integrated_gradients import quadrature
-
-
-def small_cnn(bn=False, dropout=0.0, classes=4):
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 4, 3, padding=1)]
-    if bn:
-        layers.append(nn.BatchNorm2d(4))
-    layers += [nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.Flatten()]
-    if dropout:
-        layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(4 * 6 * 6, classes))
-    return nn.Sequential(*layers)
 
 
 def small_mlp(dtype=torch.float32):

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from nets import MeanPoolCNN as TinyCNN
 
 import sdecor.metrics as M
 from sdecor.metrics.perturbation.substrates import _rise_kernel_1d
@@ -26,17 +27,6 @@ class WeightedSum(torch.nn.Module):
     def forward(self, x):
         s = (x * self.w).flatten(1).sum(dim=1)
         return torch.stack([s, torch.zeros_like(s)], dim=1)
-
-
-class TinyCNN(torch.nn.Module):
-    def __init__(self, classes=4, bn=False):
-        super().__init__()
-        self.c1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.bn = torch.nn.BatchNorm2d(4) if bn else torch.nn.Identity()
-        self.fc = torch.nn.Linear(4, classes)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.c1(x))).mean(dim=(2, 3)))
 
 
 # --------------------------------------------------------------------------- complexity
