@@ -181,7 +181,7 @@ def test_nearest_rank_percentile_matches_the_tf_percentile():
             torch.testing.assert_close(nearest_rank_percentile(values, q), tf_percentile(values, q, axis=[1]))
 
 
-@pytest.mark.parametrize("d,q", [(76, 98), (176, 98), (676, 98), (11, 95), (51, 95), (171, 95), (6, 50), (32, 50)])
+@pytest.mark.parametrize("d,q", [(76, 98), (176, 98), (676, 98), (11, 95), (51, 95), (931, 95), (6, 50), (32, 50)])
 def test_percentile_is_not_numpys_nearest_on_these_sizes(d, q):
     """The sizes used below: the authors' element and numpy's ascending 'nearest' element differ."""
     values = torch.randn(3, d, dtype=torch.float64)
@@ -191,12 +191,22 @@ def test_percentile_is_not_numpys_nearest_on_these_sizes(d, q):
     torch.testing.assert_close(ours, tf_percentile(values, q, axis=[1])[:, 0])
 
 
+def _mostly_active(model):
+    """Large positive biases: (nearly) every unit active, so the relevance values around the percentile
+    are distinct (no block of zeros from inactive units)."""
+    with torch.no_grad():
+        for m in model:
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                m.bias.uniform_(2.0, 3.0)
+
+
 def dense_net(widths):
     torch.manual_seed(0)
     layers = []
     for a, b in zip(widths[:-2], widths[1:-1]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Linear(widths[-2], widths[-1])).double()
+    _mostly_active(model)
     linears = [m for m in model if isinstance(m, nn.Linear)]
 
     def port_forward(x, relu):  # the same network written with the authors' ReLU
@@ -214,6 +224,7 @@ def conv_net(channels, side, classes=3):
     for a, b in zip(channels[:-1], channels[1:]):
         layers += [nn.Conv2d(a, b, 3, padding=1), nn.ReLU()]
     model = nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels[-1] * side * side, classes)).double()
+    _mostly_active(model)
     convs = [m for m in model if isinstance(m, nn.Conv2d)]
     head = model[-1]
 
@@ -233,8 +244,8 @@ PORT_CASES = {
     "dense-q95": (lambda: dense_net([6, 51, 11, 3]), (5, 6), 95),
     "dense-q50": (lambda: dense_net([4, 10, 6, 3]), (5, 4), 50),
     "conv-q98": (lambda: conv_net([3, 4, 4], 13), (3, 3, 13, 13), 98),  # 4 x 13 x 13 = 676 units
-    "conv-q95": (lambda: conv_net([2, 19, 19], 3), (4, 2, 3, 3), 95),  # 19 x 3 x 3 = 171 units
-    "conv-q50": (lambda: conv_net([1, 2, 2], 4), (4, 1, 4, 4), 50),  # 2 x 4 x 4 = 32 units
+    "conv-q95": (lambda: conv_net([2, 19, 19], 7), (3, 2, 7, 7), 95),  # 19 x 7 x 7 = 931 units
+    "conv-q50": (lambda: conv_net([1, 3, 3], 6), (4, 1, 6, 6), 50),  # 3 x 6 x 6 = 108 units
 }
 
 
@@ -244,7 +255,7 @@ def test_matches_a_literal_port_of_the_authors_code(case):
     model, port_forward = build()
     x = torch.randn(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     ours = RectGrad(model, q=q).attribute(x, 2)
-    # the literal port; our 'unit must be active' condition changes nothing here (every threshold >= 0)
+    # the literal port; our 'unit must be active' condition changes nothing here (no threshold < 0)
     torch.testing.assert_close(ours, authors_rectgrad(port_forward, x, 2, q), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(ours, authors_rectgrad(port_forward, x, 2, q, require_active=True))
     assert ours.abs().sum() > 0

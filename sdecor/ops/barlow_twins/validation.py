@@ -24,9 +24,7 @@ def validate_views(z1, z2, lambd, eps, backend, min_samples: int = 2) -> None:
     if z1.shape[1] < 1:
         raise ValueError(f"z1 must have at least one feature, got shape {tuple(z1.shape)}")
     if z1.shape[0] < min_samples:
-        raise ValueError(
-            f"the views need at least {min_samples} samples for batch standardisation, got {z1.shape[0]}"
-        )
+        raise ValueError(f"the views need at least {min_samples} samples for batch standardisation, got {z1.shape[0]}")
     check_positive_float(lambd, "lambd", allow_zero=True)
     check_positive_float(eps, "eps", allow_zero=True)
     check_choice(backend, "backend", BACKENDS)
