@@ -24,7 +24,7 @@ import torch
 
 from .common import Group, measure_interleaved, paired_ratio, pin_glibc_malloc
 
-SUITES = ("decorrelation", "masking", "metrics", "train")
+SUITES = ("decorrelation", "masking", "metrics", "train", "barlow_twins")
 
 __all__ = ["SUITES", "run_suites", "device_slug", "format_markdown", "main"]
 

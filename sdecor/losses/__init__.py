@@ -13,7 +13,7 @@ model afterwards, also when the call raises.
 :class:`DeCov`             CE + 0.5 * sum of squared off-diagonal covariances (biased) of
                            the penultimate features (Cogswell et al. 2016)
 :class:`SaliencyGuidedTraining`  CE + KL(p(x) || p(x masked at its least salient pixels))
-                           (Ismail et al. 2021, the official code's semantics)
+                           (Ismail et al. 2021; its official CIFAR or MNIST branch, ``saliency_of``)
 :class:`SCAAT`             our documented reading of SCAAT (BMVC 2023): CE + KL under a PGD
                            perturbation of the least salient pixels, adaptive pixel budget
 :class:`SaliencyDecor`     CE + SGT-style consistency + decorrelation of hooked features
@@ -30,7 +30,7 @@ from __future__ import annotations
 from ..ops import DecorrelationLoss
 from .base import Objective, consistency_kl
 from .decov import DeCov, decov_penalty
-from .masking import MASKED_BN, input_saliency
+from .masking import MASKED_BN, SALIENCY_OF, input_saliency
 from .saliency_decor import DEFAULT_LAMBDA_DECOR, SaliencyDecor
 from .scaat import SCAAT, adaptive_budget
 from .sgt import SaliencyGuidedTraining
@@ -45,6 +45,7 @@ __all__ = [
     "SaliencyDecor",
     "DecorrelationLoss",
     "MASKED_BN",
+    "SALIENCY_OF",
     "DEFAULT_LAMBDA_DECOR",
     "OBJECTIVES",
     "build_objective",

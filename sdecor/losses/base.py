@@ -90,7 +90,7 @@ def consistency_kl(
     """KL(p(x) || p(x')) = sum_c p_c (log p_c - log p'_c), averaged over the batch (``batchmean``).
 
     Written as ``F.kl_div(log p', log p, log_target=True)``; the target p(x) is not detached unless
-    asked (the official SGT code backpropagates through both). Computed in float32 at least.
+    asked (both branches of the official SGT code backpropagate through both). Computed in float32 at least.
     """
     dtype = torch.promote_types(clean_logits.dtype, torch.float32)
     log_p = F.log_softmax(clean_logits.to(dtype), dim=1)

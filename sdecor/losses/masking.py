@@ -1,8 +1,9 @@
 """The saliency-masking machinery of the consistency objectives (SGT, SCAAT, SaliencyDecor).
 
-* :func:`input_saliency`: the gradient of the target logit with respect to the input, from one
-  batched backward, averaged over channels (B, 1, H, W); the model runs in eval mode for it,
-  as in the official Saliency Guided Training code.
+* :func:`input_saliency`: the gradient of the target logit (or of the target's log-probability,
+  :data:`SALIENCY_OF`) with respect to the input, from one batched backward, averaged over
+  channels (B, 1, H, W); the model runs in eval mode for it, as in both branches of the official
+  Saliency Guided Training code.
 * :func:`mask_least_salient`: replace the least salient pixels of each sample.
 * :func:`forward_pair`: the clean and the perturbed batch through the model, with the three
   ways the perturbed batch can meet BatchNorm (:data:`MASKED_BN`), recording the clean batch's
@@ -28,6 +29,8 @@ from .base import check_logits
 
 __all__ = [
     "MASKED_BN",
+    "SALIENCY_OF",
+    "check_saliency_of",
     "FILLS",
     "check_fill",
     "check_fraction",
@@ -40,10 +43,21 @@ __all__ = [
 
 #: How the perturbed (masked or adversarial) batch meets BatchNorm:
 #: ``"train"``: its own forward in train mode (batch statistics of the perturbed batch; running
-#: statistics updated by it too), as the official SGT code does;
+#: statistics updated by it too), as both branches of the official SGT code do;
 #: ``"joint"``: concatenated with the clean batch in one train-mode forward (shared statistics);
 #: ``"eval"``: its own forward in eval mode (running statistics, no update; dropout off).
 MASKED_BN = ("train", "joint", "eval")
+
+
+#: What :func:`input_saliency` differentiates: ``"logit"``, the target's logit z_y (the official
+#: SGT code's CIFAR branch, whose ResNet returns logits); ``"log_prob"``, the target's
+#: log-probability log softmax(z)_y (its MNIST branch, whose network ends in ``log_softmax``).
+SALIENCY_OF = ("logit", "log_prob")
+
+
+def check_saliency_of(value) -> str:
+    """One of :data:`SALIENCY_OF`; ValueError otherwise."""
+    return check_choice(value, "saliency_of", SALIENCY_OF)
 
 
 def check_fraction(value, name: str, *, allow_zero: bool = False, allow_one: bool = False) -> float:
@@ -86,27 +100,49 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             m.training = flag
 
 
+def _log_prob_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """d log softmax(model(x))_y / dx for the batch: one forward, one backward (input only)."""
+    with torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        logits = check_logits(model(x), x.shape[0])
+        selected = torch.log_softmax(logits.float(), dim=1).gather(1, labels.long().view(-1, 1))
+        (grad,) = torch.autograd.grad(selected.sum(), x)
+    return grad
+
+
 def input_saliency(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, absolute: bool = False
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    absolute: bool = False,
+    saliency_of: str = "logit",
 ) -> torch.Tensor:
-    """Gradient saliency of the target logit, averaged over channels; a constant (detached).
+    """Gradient saliency of the target, averaged over channels; a constant (detached).
 
     One forward of the whole batch with the model in eval mode, and one backward of the summed
-    target logits with respect to the input only (no parameter ``.grad`` is touched, no graph is
-    kept; :func:`sdecor.saliency.input_gradient`). Images (B, C, H, W) give (B, 1, H, W)
-    (``mean`` over channels, then ``abs`` when ``absolute``, in the official SGT code's order);
-    other shapes give a saliency shaped like the input.
+    target logits (``saliency_of="logit"``) or target log-probabilities (``"log_prob"``, the
+    gradient of z_y - logsumexp(z)) with respect to the input only (no parameter ``.grad`` is
+    touched, no graph is kept). Images (B, C, H, W) give (B, 1, H, W) (``mean`` over channels,
+    then ``abs`` when ``absolute``, in the order of both official SGT branches); other shapes give a
+    saliency shaped like the input. On a model that already ends in ``log_softmax`` both settings
+    give the same saliency (``log_softmax`` of log-probabilities is the identity).
     """
+    check_saliency_of(saliency_of)
     net = unwrap_model(model)
     with eval_mode(net):
-        grad = input_gradient(net, images.detach(), labels.long())
+        if saliency_of == "logit":
+            grad = input_gradient(net, images.detach(), labels.long())
+        else:
+            grad = _log_prob_gradient(net, images, labels)
     saliency = grad.mean(dim=1, keepdim=True) if images.ndim == 4 else grad
     return saliency.abs() if absolute else saliency
 
 
-def mask_least_salient(images, saliency, fraction, fill, generator=None):
-    """Replace the ``fraction`` least salient pixels of each sample (``mask_features``); detached."""
-    masked, mask = mask_features(images.detach(), saliency, fraction, largest=False, fill=fill, generator=generator)
+def mask_least_salient(images, saliency, k, fill, generator=None):
+    """Replace the ``k`` least salient pixels of each sample (``mask_features``: an int count, or a
+    float fraction giving floor(fraction * pixels)); detached."""
+    masked, mask = mask_features(images.detach(), saliency, k, largest=False, fill=fill, generator=generator)
     return masked.detach(), mask
 
 

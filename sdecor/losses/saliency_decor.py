@@ -56,7 +56,7 @@ class SaliencyDecor(SaliencyGuidedTraining):
         lambda_consistency, lambda_decor: weights (>= 0).
         mask_fraction, fill, saliency_abs, masked_bn, generator: as in
             :class:`~sdecor.losses.SaliencyGuidedTraining` (but 50% of the pixels, ranked by
-            |saliency|, by default; the SGT class keeps the official 10%, signed).
+            |saliency|, by default; the SGT class keeps the official CIFAR branch's 10%, signed).
         decor_mode: ``"correlation"`` or ``"covariance"``.
         decor_reduction: ``"mean"`` or ``"sum"`` (see :func:`sdecor.decorrelation_loss`).
 

@@ -1,9 +1,30 @@
 """IterNorm: iterative (Newton) whitening normalisation, a drop-in for ``BatchNorm1d/2d``.
 
 Huang, Zhou, Zhu, Liu, Shao, "Iterative Normalization: Beyond Standardization towards Efficient
-Whitening", CVPR 2019. med-moco (ISBI 2024) replaces the last BatchNorm of its backbone by
-IterNorm with T = 5 to decorrelate the learned features; sdecor's decorrelation penalty is the
-loss-form alternative (``sdecor ssl`` compares both).
+Whitening", CVPR 2019. Our implementation follows the IterNorm authors' PyTorch code
+(huangleiBuaa/IterNorm-pytorch, ``extension/normailzation/iterative_normalization.py``):
+tests/test_iternorm.py runs a literal float64 port of it and checks forward, input gradient,
+running mean and running whitening matrix over several training steps, and the eval-mode output.
+
+med-moco (Overcoming Dimensional Collapse in Self-supervised Contrastive Learning for Medical Image
+Segmentation, ISBI 2024) replaces the last BatchNorm of its backbone by IterNorm with T = 5 to
+decorrelate the learned features; that is our reading of the paper: its public repository
+(CAMMA-public/med-moco) holds a README with the title only and no code. sdecor's decorrelation
+penalty is the loss-form alternative (``sdecor ssl`` compares both).
+
+Differences from the authors' code, on purpose:
+
+* eval mode: ``y = running_wm (x - running_mean)`` is differentiable here (the gradient is
+  ``running_wm^T`` applied to the upstream gradient, per group); the authors' backward raises in
+  eval mode (it saves nothing in eval and then reads the saved tensors).
+* a ``num_groups`` (or ``num_channels``) that does not divide ``num_features`` raises
+  ``ValueError``; theirs silently picks another grouping (e.g. 6 features in 4 groups becomes 3
+  groups of 2; 10 in 4 becomes 10 groups of 1, which whitens nothing).
+* the affine ``weight``/``bias`` have shape (C,), as BatchNorm's; theirs are (1, C, 1, 1) (or
+  ``[1] * dim`` with C at dim 1), so their state dicts do not load into ours without a reshape.
+* the backward pass is autograd through the T iterations (also checked with gradcheck in
+  float64); theirs is hand-written (the port test finds both equal to 1e-9 relative in float64).
+  float16/bfloat16 input is computed in float32 and cast back.
 
 For input (N, C) or (N, C, *spatial), the C channels are split into G groups of g = C / G
 channels and every group is whitened over its m = N * prod(spatial) samples:
@@ -18,6 +39,7 @@ channels and every group is whitened over its m = N * prod(spatial) samples:
 In training the batch statistics are used and the running statistics are updated with
 ``momentum`` (``running = (1 - momentum) * running + momentum * batch``, on the mean and on the
 whitening matrix W itself, as the authors' code does); in eval ``y = running_wm (x - running_mean)``.
+Channels are grouped as the authors' code groups them: group k holds channels k g .. (k + 1) g - 1.
 
 T = 5 is deliberately an approximation (the paper's point: a partial whitening that is cheap and
 keeps some of the original scale spread). Newton's iteration for Sigma_N^{-1/2} converges
@@ -37,11 +59,7 @@ a condition number of 9.3. At T <= 10 this never shows (the iterates stay bounde
 large T on ill-conditioned features.
 
 Under DistributedDataParallel the batch statistics are per rank (as BatchNorm's without
-SyncBatchNorm).
-
-The backward pass is autograd through the T iterations (the authors hand-write it; autograd
-gives the same gradient, checked with gradcheck in float64). float16/bfloat16 input is computed
-in float32 and cast back.
+SyncBatchNorm), as in the authors' code.
 """
 
 from __future__ import annotations

@@ -1,14 +1,24 @@
 """Rectified Gradient (Kim et al. 2019) and its input-bias-free variant (Brocki & Chung).
 
 Kim, Seo, Jeon, Koo, Choe, Jeon, "Why are Saliency Maps Noisy? Cause of and Solution to Noisy
-Saliency Maps" (2019). Their rule, as in the authors' TensorFlow code: in backward through each
-ReLU with output o and upstream gradient G, compute the relevance R = o * G, its per-sample q-th
-percentile tau over all of the layer's elements, and pass G only where R > tau. We also require
-the unit to be active (o > 0): the authors' code omits this, which only matters when tau < 0
-(then an inactive unit, R = 0 > tau, would pass gradient through a ReLU whose derivative is 0).
-The percentile is the nearest-rank one (element ``round((n - 1) q / 100)`` of the sorted values,
-ties rounded to even), as the default 'nearest' interpolation of ``tf.contrib.distributions.percentile``
-that the original uses.
+Saliency Maps" (2019). Their rule, as in the authors' TensorFlow code (``RectifiedGradient`` in
+``deepexplain/tensorflow/methods.py``): in backward through each ReLU with output o and upstream
+gradient G, compute the relevance R = o * G, its per-sample q-th percentile tau over all of the
+layer's elements, and pass G only where R > tau.
+
+The percentile is exactly the authors' ``tf.contrib.distributions.percentile(R, q)`` with its
+default 'nearest' interpolation: the d values of a sample sorted in descending order, element
+``round((d - 1) * (1 - q / 100))`` taken (float64 arithmetic, ``round`` half to even, clipped to
+[0, d - 1]); see :func:`nearest_rank_percentile`. This is not numpy's 'nearest' (the ascending
+element ``round((d - 1) q / 100)``): the two pick different elements whenever the index falls on
+a half, e.g. at q = 98 for every d = 76 mod 100, at q = 95 for d = 11 mod 40 and at q = 50 for every
+even d. The authors take the percentile over axes [1, 2, 3] of 4-D (NHWC) activations and over
+axis 1 of 2-D ones; ours takes it over all non-batch elements of any activation, which is the same
+for those two cases.
+
+Our addition: a unit must also be active (o > 0) to pass gradient. The authors' code omits this,
+which only matters when tau < 0 (then an inactive unit, R = 0 > tau, would pass gradient through a
+ReLU whose derivative is 0); with tau >= 0 both rules pass exactly the same units.
 
 The "padding trick" of the original code: for every 2-D convolution with 'SAME' (zero) padding it
 zeroes the gradient arriving at the convolution's output on a one-pixel border before propagating
@@ -33,11 +43,15 @@ __all__ = ["RectGrad", "NoBiasRectGrad", "nearest_rank_percentile", "padding_bor
 
 
 def nearest_rank_percentile(values: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row q-th percentile of ``values`` (N, M) by nearest rank: the sorted row's element
-    ``round((M - 1) * q / 100)`` (Python's round, ties to even). Returns (N, 1)."""
+    """Per-row q-th percentile of ``values`` (N, M) as ``tf.contrib.distributions.percentile`` with
+    'nearest' interpolation: element ``round((M - 1) * (1 - q / 100))`` of the row sorted in
+    descending order (float64 index arithmetic, ``round`` half to even as ``tf.round``, clipped to
+    [0, M - 1]). Returns (N, 1), dtype of ``values``."""
     m = values.shape[1]
-    index = round((m - 1) * q / 100.0)
-    return values.kthvalue(index + 1, dim=1, keepdim=True).values
+    frac_at_q_or_above = 1.0 - float(q) / 100.0
+    descending = min(max(round(float(m - 1) * frac_at_q_or_above), 0), m - 1)
+    # element i of the descending order is element m - 1 - i of the ascending one (k = m - i, 1-based)
+    return values.kthvalue(m - descending, dim=1, keepdim=True).values
 
 
 class _RectReLU(torch.autograd.Function):

@@ -151,3 +151,167 @@ def test_validation():
         IterNorm(6)(torch.randn(4, 5))
     with pytest.raises(ValueError, match="more than 1 value"):
         IterNorm(6)(torch.randn(1, 6))
+
+
+# ----------------------------------------------------------------------------------------------
+# A literal port of the IterNorm authors' PyTorch implementation (huangleiBuaa/IterNorm-pytorch,
+# extension/normailzation/iterative_normalization.py: iterative_normalization_py and IterNorm),
+# in float64. Only the calls that torch 2 no longer accepts are rewritten: the positional
+# baddbmm(beta, input, alpha, b1, b2) becomes baddbmm(input, b1, b2, beta=, alpha=), and
+# ctx.saved_variables becomes ctx.saved_tensors. Their hand-written backward is kept as is.
+# ----------------------------------------------------------------------------------------------
+class _PortFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, *args):
+        X, running_mean, running_wmat, nc, ctx.T, eps, momentum, training = args
+        ctx.g = X.size(1) // nc
+        x = X.transpose(0, 1).contiguous().view(ctx.g, nc, -1)
+        _, d, m = x.size()
+        saved = []
+        if training:
+            mean = x.mean(-1, keepdim=True)
+            xc = x - mean
+            saved.append(xc)
+            P = [None] * (ctx.T + 1)
+            P[0] = torch.eye(d).to(X).expand(ctx.g, d, d)
+            Sigma = torch.baddbmm(P[0], xc, xc.transpose(1, 2), beta=eps, alpha=1.0 / m)
+            rTr = (Sigma * P[0]).sum((1, 2), keepdim=True).reciprocal_()
+            saved.append(rTr)
+            Sigma_N = Sigma * rTr
+            saved.append(Sigma_N)
+            for k in range(ctx.T):
+                P[k + 1] = torch.baddbmm(P[k], torch.matrix_power(P[k], 3), Sigma_N, beta=1.5, alpha=-0.5)
+            saved.extend(P)
+            wm = P[ctx.T].mul_(rTr.sqrt())
+            running_mean.copy_(momentum * mean + (1.0 - momentum) * running_mean)
+            running_wmat.copy_(momentum * wm + (1.0 - momentum) * running_wmat)
+        else:
+            xc = x - running_mean
+            wm = running_wmat
+        xn = wm.matmul(xc)
+        Xn = xn.view(X.size(1), X.size(0), *X.size()[2:]).transpose(0, 1).contiguous()
+        ctx.save_for_backward(*saved)
+        return Xn
+
+    @staticmethod
+    def backward(ctx, *grad_outputs):
+        (grad,) = grad_outputs
+        saved = ctx.saved_tensors
+        xc = saved[0]
+        rTr = saved[1]
+        sn = saved[2].transpose(-2, -1)
+        P = list(saved[3:])
+        g, d, m = xc.size()
+        g_ = grad.transpose(0, 1).contiguous().view_as(xc)
+        g_wm = g_.matmul(xc.transpose(-2, -1))
+        g_P = g_wm * rTr.sqrt()
+        wm = P[ctx.T]
+        g_sn = 0
+        for k in range(ctx.T, 1, -1):
+            P[k - 1].transpose_(-2, -1)
+            P2 = P[k - 1].matmul(P[k - 1])
+            g_sn += P2.matmul(P[k - 1]).matmul(g_P)
+            g_tmp = g_P.matmul(sn)
+            g_P.baddbmm_(g_tmp, P2, beta=1.5, alpha=-0.5)
+            g_P.baddbmm_(P2, g_tmp, beta=1, alpha=-0.5)
+            g_P.baddbmm_(P[k - 1].matmul(g_tmp), P[k - 1], beta=1, alpha=-0.5)
+        g_sn += g_P
+        g_tr = ((-sn.matmul(g_sn) + g_wm.transpose(-2, -1).matmul(wm)) * P[0]).sum((1, 2), keepdim=True) * P[0]
+        g_sigma = (g_sn + g_sn.transpose(-2, -1) + 2.0 * g_tr) * (-0.5 / m * rTr)
+        g_x = torch.baddbmm(wm.matmul(g_ - g_.mean(-1, keepdim=True)), g_sigma, xc)
+        grad_input = g_x.view(grad.size(1), grad.size(0), *grad.size()[2:]).transpose(0, 1).contiguous()
+        return grad_input, None, None, None, None, None, None, None
+
+
+class _PortIterNorm(nn.Module):
+    """Their IterNorm module (group-count logic, parameter shapes and buffers as theirs)."""
+
+    def __init__(self, num_features, num_groups=1, num_channels=None, T=5, dim=4, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__()
+        self.T, self.eps, self.momentum, self.affine = T, eps, momentum, affine
+        if num_channels is None:
+            num_channels = (num_features - 1) // num_groups + 1
+        num_groups = num_features // num_channels
+        while num_features % num_channels != 0:
+            num_channels //= 2
+            num_groups = num_features // num_channels
+        self.num_groups, self.num_channels = num_groups, num_channels
+        shape = [1] * dim
+        shape[1] = num_features
+        if affine:
+            self.weight = nn.Parameter(torch.ones(*shape))
+            self.bias = nn.Parameter(torch.zeros(*shape))
+        self.register_buffer("running_mean", torch.zeros(num_groups, num_channels, 1))
+        # theirs: torch.eye(nc).expand(G, nc, nc), which their running update can copy_ into
+        # once .cuda()/.double() has materialised it; the port materialises it at once
+        self.register_buffer("running_wm", torch.eye(num_channels).expand(num_groups, -1, -1).clone())
+
+    def forward(self, X):
+        X_hat = _PortFn.apply(
+            X, self.running_mean, self.running_wm, self.num_channels, self.T, self.eps, self.momentum, self.training
+        )
+        return X_hat * self.weight + self.bias if self.affine else X_hat
+
+
+def _pair(C, groups, shape_dim, seed=0):
+    """(ours, port) in float64 with the same random affine parameters."""
+    gen = torch.Generator().manual_seed(seed)
+    ours = IterNorm(C, num_groups=groups, T=5).double()
+    port = _PortIterNorm(C, num_groups=groups, T=5, dim=shape_dim).double()
+    with torch.no_grad():
+        ours.weight.copy_(torch.rand(C, dtype=F64, generator=gen) + 0.5)
+        ours.bias.copy_(torch.randn(C, dtype=F64, generator=gen))
+        port.weight.copy_(ours.weight.view(port.weight.shape))
+        port.bias.copy_(ours.bias.view(port.bias.shape))
+    return ours, port
+
+
+PORT_SHAPES = [((32, 6), 1), ((32, 6), 2), ((4, 8, 3, 5), 2), ((5, 4, 3, 3), 1)]
+
+
+@pytest.mark.parametrize("shape,groups", PORT_SHAPES)
+def test_matches_a_literal_port_of_the_authors_code(shape, groups):
+    ours, port = _pair(shape[1], groups, len(shape))
+    assert port.num_groups == ours.num_groups and port.num_channels == ours.num_channels
+    gen = torch.Generator().manual_seed(1)
+    for _step in range(3):  # training steps: output, input gradient, running statistics
+        x = (torch.randn(*shape, dtype=F64, generator=gen) * 2 + 1).requires_grad_()
+        x_port = x.detach().clone().requires_grad_()
+        upstream = torch.randn(*shape, dtype=F64, generator=gen)
+        y, y_port = ours(x), port(x_port)
+        torch.testing.assert_close(y, y_port, rtol=1e-12, atol=1e-12)
+        (y * upstream).sum().backward()
+        (y_port * upstream).sum().backward()  # their hand-written backward
+        torch.testing.assert_close(x.grad, x_port.grad, rtol=1e-9, atol=1e-11)
+        torch.testing.assert_close(ours.weight.grad, port.weight.grad.reshape(-1), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(ours.running_mean, port.running_mean, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(ours.running_wm, port.running_wm, rtol=1e-12, atol=1e-14)
+    # eval mode: the running statistics, same output
+    ours.eval()
+    port.eval()
+    x = torch.randn(*shape, dtype=F64, generator=gen)
+    torch.testing.assert_close(ours(x), port(x), rtol=1e-12, atol=1e-12)
+
+
+def test_differences_from_the_authors_code_kept_on_purpose():
+    # 1. eval-mode backward: ours returns the gradient (y = W (x - mu) is linear in x), theirs raises
+    ours, port = _pair(6, 2, 2)
+    x = torch.randn(16, 6, dtype=F64)
+    ours(x), port(x)  # one training step for non-trivial running statistics
+    ours.eval()
+    port.eval()
+    xo, xp = x.clone().requires_grad_(), x.clone().requires_grad_()
+    upstream = torch.randn(16, 6, dtype=F64)
+    (ours(xo) * upstream).sum().backward()
+    with pytest.raises((IndexError, RuntimeError)):
+        (port(xp) * upstream).sum().backward()
+    gw = (upstream * ours.weight).reshape(16, 2, 3).permute(1, 2, 0)  # (G, g, N): dL/dy
+    expected = (ours.running_wm.transpose(1, 2) @ gw).permute(2, 0, 1).reshape(16, 6)
+    torch.testing.assert_close(xo.grad, expected, rtol=1e-12, atol=1e-12)
+    # 2. a group count that does not divide the channels: theirs silently uses another one, ours raises
+    assert _PortIterNorm(6, num_groups=4).num_groups == 3  # 3 groups of 2 channels
+    assert _PortIterNorm(10, num_groups=4).num_groups == 10  # 10 groups of 1 channel: nothing is decorrelated
+    with pytest.raises(ValueError, match="num_groups"):
+        IterNorm(6, num_groups=4)
+    # 3. affine parameter shapes: ours (C,), theirs (1, C, 1, 1) for dim=4 (or [1] * dim with C at dim 1)
+    assert IterNorm(6).weight.shape == (6,) and _PortIterNorm(6).weight.shape == (1, 6, 1, 1)
