@@ -23,7 +23,7 @@ from torch import nn
 from .._validation import check_choice
 from ..models.introspection import record_features, unwrap_model
 from ..ops import mask_features
-from ..ops.masking.checks import FILLS
+from ..ops.masking.checks import FILLS, check_fill_option
 from ..saliency import input_gradient
 from .base import check_logits
 
@@ -80,12 +80,8 @@ def check_masked_bn(value) -> str:
 
 
 def check_fill(value):
-    """A fill: ``"uniform"``, ``"mean"`` or a number (returned as float)."""
-    if isinstance(value, str):
-        return check_choice(value, "fill", FILLS)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"fill must be 'uniform', 'mean' or a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    """A fill option: ``"uniform"``, ``"mean"`` or a number (returned as float); the masking op's own check."""
+    return check_fill_option(value, FILLS)
 
 
 @contextlib.contextmanager

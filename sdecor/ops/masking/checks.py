@@ -16,7 +16,7 @@ import torch
 
 from ..._validation import FLOAT_DTYPES, broadcasts_to, check_choice, check_float_tensor
 
-__all__ = ["FILLS", "check_batched", "check_largest", "check_layout", "check_counts", "check_fill"]
+__all__ = ["FILLS", "check_batched", "check_largest", "check_layout", "check_counts", "check_fill", "check_fill_option"]
 
 #: the fill strings :func:`~sdecor.ops.masking.dispatch.mask_features` computes itself
 FILLS = ("uniform", "mean")
@@ -148,7 +148,21 @@ def check_fill(fill, x: torch.Tensor, strings: tuple[str, ...] = FILLS):
                 f"a fill tensor must broadcast to x's shape {tuple(x.shape)}, got shape {tuple(fill.shape)}"
             )
         return fill
+    return check_fill_option(fill, strings, tensor_allowed=True)
+
+
+def check_fill_option(fill, strings: tuple[str, ...] = FILLS, *, tensor_allowed: bool = False):
+    """A fill chosen before the tensor it fills is known (an objective's option): one of
+    ``strings`` (returned as given) or a real number (returned as float).
+
+    Raises:
+        TypeError: another type, or a bool.
+        ValueError: an unknown string.
+    """
+    if isinstance(fill, str) and strings:
+        return check_choice(fill, "fill", strings)
     if isinstance(fill, bool) or not isinstance(fill, numbers.Real):
         forms = "".join(f"{s!r}, " for s in strings)
-        raise TypeError(f"fill must be {forms}a number or a tensor broadcastable to x, got {type(fill).__name__}")
+        tensor = " or a tensor broadcastable to x" if tensor_allowed else ""
+        raise TypeError(f"fill must be {forms}a number{tensor}, got {type(fill).__name__} {fill!r}")
     return float(fill)
