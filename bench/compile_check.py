@@ -13,7 +13,8 @@ the PTX has wgmma, async copies (``cp.async``) and TMA (``cp.async.bulk.tensor``
 ``wgmma.wait_group`` leaves a wgmma in flight (``overlap``: the dot loop issues the next
 iteration's work before the previous wgmma completes) and the blocks per SM that registers,
 shared memory and threads allow.
-Writes ``DIR/compile_check.json`` too. Exit status 1 when a kernel fails to compile or spills.
+Writes ``DIR/compile_check.json`` too. Exit status 1 when a kernel fails to compile or spills,
+3 when the compiler is unavailable (no triton, no NVIDIA backend).
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def resource_usage(cubin: bytes | None) -> dict:
             [tool, "--dump-resource-usage", f.name], capture_output=True, text=True, timeout=120, check=False
         ).stdout
     return {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", text)}
+
+
+class Unavailable(RuntimeError):
+    """The compiler (triton, its NVIDIA backend, or a process without the interpreter) is missing."""
 
 
 class _StandInDriver:
@@ -190,9 +195,12 @@ def check(
     ``config`` passed to the launcher (tile overrides); one dict per distinct compiled kernel
     (keys as in the table, plus ``settings`` that launch it)."""
     os.environ.pop("TRITON_INTERPRET", None)
-    import torch
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime.driver import driver
+    try:
+        import torch
+        from triton.backends.compiler import GPUTarget
+        from triton.runtime.driver import driver
+    except Exception as exc:  # no triton, or no NVIDIA backend in it
+        raise Unavailable(f"triton's compiler is not usable here: {type(exc).__name__}: {exc}") from exc
 
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -201,7 +209,7 @@ def check(
     except ImportError:
         from kernels import decorrelation as K
     if K.INTERPRET:
-        raise RuntimeError("compile checks need a process where triton was imported without TRITON_INTERPRET=1")
+        raise Unavailable("compile checks need a process where triton was imported without TRITON_INTERPRET=1")
     driver.set_active(_StandInDriver(GPUTarget("cuda", arch, 32), torch))
     rows: dict[str, dict] = {}
     if out is not None:
@@ -293,7 +301,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     config = json.loads(args.config) if args.config else None
     settings = [parse_setting(s) for s in (args.settings.split(",") if args.settings else [t for t, _ in TARGETS])]
-    rows = check(settings, args.arch, Path(args.out) if args.out else None, args.sm_count, lambda m: None, config)
+    try:
+        rows = check(settings, args.arch, Path(args.out) if args.out else None, args.sm_count, lambda m: None, config)
+    except Unavailable as exc:
+        print(f"compile check unavailable: {exc}")
+        return 3
     print(table(rows))
     bad = [r for r in rows if "error" in r or r.get("spill_bytes")]
     return 1 if bad else 0

@@ -776,7 +776,6 @@ def select_config(
             fin_block=64,
             num_stages=3 if half else 2,
             group_m=8,
-            grad_warps=8,
             stats_min_chunk=512,
             gram_min_chunk=256,
             target_programs=2 * sms,
@@ -785,13 +784,15 @@ def select_config(
             gram_maxnreg=None,
             grad_maxnreg=None,
         )
-        if route_n:  # Z^T K': 128 features x 64 sample rows per program
-            cfg.update(grad_block_m=64, grad_block_n=128 if g >= 128 else 64, grad_block_j=64 if half else 32)
-        else:  # Z Moff: 128 x 128 output tiles
+        if route_n:  # Z^T K': 64 features x 64 sample rows per program, one warpgroup (2-3 blocks per SM)
+            cfg.update(grad_block_m=64, grad_block_n=64, grad_block_j=64 if half else 32, grad_warps=4)
+        else:  # Z Moff: 128 x 128 output tiles on two warpgroups; 128 x 64 on one where g < 128
+            wide = g >= 128
             cfg.update(
                 grad_block_m=128 if n >= 128 else 64,
-                grad_block_n=128 if g >= 128 else 64,
+                grad_block_n=128 if wide else 64,
                 grad_block_j=64 if half else 32,
+                grad_warps=8 if wide else 4,
             )
     bn = cfg["grad_block_n"]
     cfg["kz_row_loop"] = route_n and (n <= 256 or triton.cdiv(g, bn) * groups >= sms)

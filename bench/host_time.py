@@ -1,0 +1,77 @@
+"""Host time per call of the fused decorrelation penalty, with every Triton launch stubbed out.
+
+    python bench/host_time.py [--calls 200] [--repeats 7] [--settings 256x512,256x2048,256x8192,256x64x8x8]
+
+Runs ``sdecor.decorrelation_loss(x, backend="triton")`` forward + backward on CPU tensors with
+the GPU tile selection (``select_config(..., interpret=False)``, 132 SMs) and every kernel
+launch replaced by a no-op: what remains is the host's share of a call (config and launch
+planning, allocations, autograd, the backward's scaling), the part that bounds small problems
+on a GPU. Prints the median and best microseconds per call over ``--repeats`` rounds and the
+launches per call. Not a GPU timing: triton's own per-launch cost comes on top.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"  # lets CPU tensors through can_run; nothing is interpreted
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="bench/host_time.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--calls", type=int, default=200, help="calls per round (default 200)")
+    p.add_argument("--repeats", type=int, default=7, help="rounds (default 7)")
+    p.add_argument("--settings", default="256x512,256x2048,256x8192,256x64x8x8", help="comma list of NxD[xHxW]")
+    args = p.parse_args(argv)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import torch
+
+    import sdecor
+    from sdecor.ops import decorrelation_triton as DT
+
+    K = DT._kernels
+    launches = [0]
+
+    class Stub:
+        def __getitem__(self, grid):
+            def run(*a, **k):
+                launches[0] += 1
+
+            return run
+
+    for name in [n for n in vars(K) if n.startswith("_") and n.endswith("_kernel")]:
+        setattr(K, name, Stub())
+    K._sm_count = lambda device: 132
+    K.select_config = functools.partial(K.select_config, interpret=False)
+    torch.set_num_threads(1)
+    print("| shape | host us/call (median) | best | launches/call |")
+    print("|---|---|---|---|")
+    for text in args.settings.split(","):
+        shape = tuple(int(v) for v in text.split("x"))
+        x = torch.randn(shape).requires_grad_(True)
+        for _ in range(20):
+            x.grad = None
+            sdecor.decorrelation_loss(x, backend="triton").backward()
+        rounds = []
+        for _ in range(args.repeats):
+            launches[0] = 0
+            t0 = time.perf_counter()
+            for _ in range(args.calls):
+                x.grad = None
+                sdecor.decorrelation_loss(x, backend="triton").backward()
+            rounds.append((time.perf_counter() - t0) / args.calls * 1e6)
+        print(
+            f"| {text} | {statistics.median(rounds):.1f} | {min(rounds):.1f} | {launches[0] / args.calls:.0f} |",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
