@@ -811,7 +811,7 @@ class _Buf:
 class _Plan:
     """Everything a call does that depends only on its key: buffer sizes and the launches."""
 
-    __slots__ = ("ws_numel", "gram_shape", "gram_dtype", "gram_zero", "loss_at", "launches")
+    __slots__ = ("ws_numel", "gram_shape", "gram_dtype", "gram_zero", "loss_at", "launches", "starts", "steps")
 
     def __init__(self):
         self.ws_numel = 0
@@ -992,38 +992,50 @@ def _make_plan(ncs, strides, grad_strides, dtype, device, correlation, mean_redu
     return plan
 
 
+def _compile_plan(plan: _Plan) -> None:
+    """Turn the launches' placeholders into slots of one per-call buffer list: [x, grad, gram,
+    then one workspace view per distinct offset] (kernels only use a buffer's data pointer)."""
+    starts = sorted(
+        {a.start for e in plan.launches if e[0] != "sum" for a in e[2] if a.__class__ is _Buf and a.name == "ws"}
+    )
+    slot_of = {s_: 3 + i for i, s_ in enumerate(starts)}
+    fixed = {"x": 0, "grad": 1, "gram": 2}
+    steps = []
+    for entry in plan.launches:
+        if entry[0] == "sum":
+            b = entry[1]
+            steps.append(("sum", b.start, b.shape[0], (), None))
+            continue
+        name, grid, args, kwargs = entry
+        template = list(args)
+        slots = []
+        for i, a in enumerate(args):
+            if a.__class__ is _Buf:
+                slots.append((i, fixed[a.name] if a.name != "ws" else slot_of[a.start]))
+                template[i] = None
+        steps.append((name, grid, template, tuple(slots), kwargs))
+    plan.starts = starts
+    plan.steps = steps
+
+
 def _run_plan(plan: _Plan, x: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
     device = x.device
     ws = torch.empty(plan.ws_numel, device=device, dtype=torch.float32)
     shape, dtype = plan.gram_shape, plan.gram_dtype
-    gram = (
-        torch.zeros(shape, device=device, dtype=dtype)
-        if plan.gram_zero
-        else torch.empty(shape, device=device, dtype=dtype)
-    )
-    fixed = {"x": x, "grad": grad, "gram": gram}
-    views: dict = {}
-
-    def resolve(a):
-        if a.__class__ is not _Buf:
-            return a
-        if a.name != "ws":
-            return fixed[a.name]
-        v = views.get(a.start)
-        if v is None or v.shape != a.shape:
-            numel = 1
-            for d in a.shape:
-                numel *= d
-            v = ws[a.start : a.start + numel].view(a.shape)
-            views[a.start] = v
-        return v
-
+    if plan.gram_zero:
+        gram = torch.zeros(shape, device=device, dtype=dtype)
+    else:
+        gram = torch.empty(shape, device=device, dtype=dtype)
+    bufs = [x, grad, gram]
+    bufs += [ws[s_:] for s_ in plan.starts]
     module = globals()
-    for entry in plan.launches:
-        if entry[0] == "sum":
-            return resolve(entry[1]).sum()
-        name, grid, args, kwargs = entry
-        module[name][grid](*[resolve(a) for a in args], **kwargs)
+    for name, grid, template, slots, kwargs in plan.steps:
+        if name == "sum":  # loss only: the sum of the partials
+            return ws.narrow(0, grid, template).sum()
+        args = template.copy()
+        for i, j in slots:
+            args[i] = bufs[j]
+        module[name][grid](*args, **kwargs)
     return ws[plan.loss_at]
 
 
@@ -1074,6 +1086,8 @@ def decorrelation_forward_backward(
         int(groups),
         float(eps),
         tuple(sorted(config.items())) if config else (),
+        select_config,  # tools that patch the tile rules or the SM count get fresh plans
+        _sm_count,
     )
     plan = _PLANS.get(key)
     if plan is None:
@@ -1082,6 +1096,7 @@ def decorrelation_forward_backward(
         plan = _make_plan(
             ncs, strides, key[2], x.dtype, x.device, correlation, mean_reduction, correction, groups, eps, config
         )
+        _compile_plan(plan)
         _PLANS[key] = plan
     device = x.device
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
