@@ -15,6 +15,7 @@ come on top.
 
 import argparse
 import functools
+import math
 import os
 import statistics
 import sys
@@ -30,6 +31,11 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, default=200, help="calls per round (default 200)")
     p.add_argument("--repeats", type=int, default=7, help="rounds (default 7)")
     p.add_argument("--settings", default="256x512,256x2048,256x8192,256x64x8x8", help="comma list of NxD[xHxW]")
+    p.add_argument(
+        "--launcher",
+        action="store_true",
+        help="time the kernels' launcher (decorrelation_forward_backward) alone, not the whole op",
+    )
     args = p.parse_args(argv)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
@@ -59,16 +65,29 @@ def main(argv=None) -> int:
     for text in args.settings.split(","):
         shape = tuple(int(v) for v in text.split("x"))
         x = torch.empty(shape, device="meta").requires_grad_(True)
+        if args.launcher:
+            xd, grad = x.detach(), torch.empty(shape, device="meta")
+            ncs = (shape[0], shape[1], math.prod(shape[2:]))
+            st = (xd.stride(0), xd.stride(1), 1 if len(shape) > 2 else 0)
+            opts = dict(correlation=True, mean_reduction=True, correction=1, groups=1, eps=1e-5)
+
+            def call(xd=xd, grad=grad, ncs=ncs, st=st, opts=opts):
+                K.decorrelation_forward_backward(xd, ncs, st, grad, st, **opts)
+
+        else:
+
+            def call(x=x):
+                x.grad = None
+                sdecor.decorrelation_loss(x, backend="triton").backward()
+
         for _ in range(20):
-            x.grad = None
-            sdecor.decorrelation_loss(x, backend="triton").backward()
+            call()
         rounds = []
         for _ in range(args.repeats):
             launches[0] = 0
             t0 = time.process_time()
             for _ in range(args.calls):
-                x.grad = None
-                sdecor.decorrelation_loss(x, backend="triton").backward()
+                call()
             rounds.append((time.process_time() - t0) / args.calls * 1e6)
         print(
             f"| {text} | {statistics.median(rounds):.1f} | {min(rounds):.1f} | {launches[0] / args.calls:.0f} |",
