@@ -114,6 +114,17 @@ def test_splits_and_small_tiles(shape, groups, override, mode):
     _assert_close(x, *out, loss_rtol=1e-5, grad_rtol=2e-5)
 
 
+@pytest.mark.parametrize(
+    "dtype,offset,loss_rtol,grad_rtol", [(torch.float32, 3.0, 1e-5, 2e-5), (torch.bfloat16, 100.0, 3e-2, 3e-2)]
+)
+@pytest.mark.parametrize("override", [dict(), dict(gram_split=2)])
+def test_route_d_gram_with_raw_second_operand(dtype, offset, loss_rtol, grad_rtol, override):
+    # the Gram's second operand straight from memory, centred in the epilogue (acc - colsum * mean)
+    x = _data((70, 45), seed=73, dtype=dtype, offset=offset)
+    out = _forward_with_config(x, {**SMALL_TILES, "raw_b": True, **override}, mode="correlation", groups=1)
+    _assert_close(x, *out, loss_rtol=loss_rtol, grad_rtol=grad_rtol)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted_spatial"])
 @pytest.mark.parametrize("shape,groups", [((3, 6, 5, 4), 2), ((2, 40, 3, 2), 1)])  # D route; N route (12 < 40)
 def test_feature_maps(layout, shape, groups):
