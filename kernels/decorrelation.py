@@ -26,11 +26,23 @@ Kernels (all groups in one launch: the group is a grid axis):
    (few tiles and enough work: small g in route D, small n in route N): fp32 atomics into a
    zeroed buffer, and ``_gram_finish_kernel`` does that epilogue afterwards.
 3. Route D: ``_grad_d_kernel``: grad = c * s * (Z @ Moff - Z * r), epilogue fused.
-   Route N: ``_kz_kernel``: W = K' Z - Z * diag(M) = Z Moff (diag(K') added back in fp32, not
-   rounded), and r_i = sum_k Z_ki W_ki / n'. With ``kz_row_loop`` one program per feature tile
-   walks all the rows, so it completes r itself and rewrites its W tiles as the final
-   c * s * (W - Z * r); otherwise W and per-row-tile r partials go to the gradient buffer and
-   ``_finish_n_kernel`` finishes in place. Covariance mode (r = 0, s = 1) writes c * W at once.
+   Route N: ``_kz_kernel``: W^T = Z^T K' - diag(M) Z^T (= (Z Moff)^T; K' is symmetric, so its
+   tiles are the operand read straight from memory), held in fp32 registers and never stored:
+   |W| reaches (g - 1) |Z|, beyond fp16's range. Correlation mode needs r_i = sum_k Z_ki W_ki / n'
+   before the final c * s * (W - Z * r), so W is computed twice: with ``kz_row_loop`` one program
+   per feature tile walks all the rows twice (r, then the gradient); otherwise a first launch
+   (PASS 0) writes per-row-tile r partials and a second (PASS 1) recomputes W and writes the
+   gradient. Covariance mode (r = 0, s = 1) writes c * W in one pass.
+
+Every dot loop is a ``tl.range(..., num_stages=NUM_STAGES)`` over plain loads, which Triton's
+software pipeliner stages through shared memory with async copies. In the route D Gram with
+``RAW_B`` (x's dtype is the dot dtype) the second operand goes from memory to the tensor cores
+unconverted and its centring is applied in the epilogue: sum_k a_ki (x_kj - mu_j) s_j =
+(acc_ij - (sum_k a_ki) mu_j) s_j, with the column sums of the rounded first operand in fp32.
+
+The host side caches a launch plan per (shape, strides, dtype, device, options, config): tiles,
+grids, kernel arguments, and the layout of one fp32 workspace (loss, loss partials, column
+statistics, r partials); a call allocates that workspace and the Gram matrix and launches.
 
 The loss is the sum of a small buffer of per-tile partials, added up in a fixed order by
 program 0 of the last kernel (deterministic, no extra launch, no host sync). Dots

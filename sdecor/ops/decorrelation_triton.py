@@ -1,8 +1,10 @@
 """Triton backend of the decorrelation penalty: the fused kernels behind a torch.library op.
 
 The kernels (``sdecor.kernels.decorrelation``) return the penalty and write dP/dX in the same
-forward pass; backward only multiplies that saved gradient by ``grad_output`` (no host sync
-anywhere: the loss is a device tensor, nothing calls ``.item()``).
+forward pass; backward only scales that gradient by ``grad_output`` (no host sync anywhere: the
+loss is a device tensor, nothing calls ``.item()``). Eager calls hand the forward's gradient
+buffer itself to backward, scaled in place, so no second N x D tensor is made; differentiating
+the same graph a second time (``retain_graph=True``) then raises ``RuntimeError``.
 
 ``torch.ops.sdecor.decorrelation_fused(x, mode, reduction, correction, groups, eps, need_grad)``
 returns ``(loss, grad)``: loss a 0-dim float32 tensor; grad dP/dX in x's dtype, shape and (for
