@@ -26,11 +26,23 @@ Kernels (all groups in one launch: the group is a grid axis):
    (few tiles and enough work: small g in route D, small n in route N): fp32 atomics into a
    zeroed buffer, and ``_gram_finish_kernel`` does that epilogue afterwards.
 3. Route D: ``_grad_d_kernel``: grad = c * s * (Z @ Moff - Z * r), epilogue fused.
-   Route N: ``_kz_kernel``: W = K' Z - Z * diag(M) = Z Moff (diag(K') added back in fp32, not
-   rounded), and r_i = sum_k Z_ki W_ki / n'. With ``kz_row_loop`` one program per feature tile
-   walks all the rows, so it completes r itself and rewrites its W tiles as the final
-   c * s * (W - Z * r); otherwise W and per-row-tile r partials go to the gradient buffer and
-   ``_finish_n_kernel`` finishes in place. Covariance mode (r = 0, s = 1) writes c * W at once.
+   Route N: ``_kz_kernel``: W^T = Z^T K' - diag(M) Z^T (= (Z Moff)^T; K' is symmetric, so its
+   tiles are the operand read straight from memory), held in fp32 registers and never stored:
+   |W| reaches (g - 1) |Z|, beyond fp16's range. Correlation mode needs r_i = sum_k Z_ki W_ki / n'
+   before the final c * s * (W - Z * r), so W is computed twice: with ``kz_row_loop`` one program
+   per feature tile walks all the rows twice (r, then the gradient); otherwise a first launch
+   (PASS 0) writes per-row-tile r partials and a second (PASS 1) recomputes W and writes the
+   gradient. Covariance mode (r = 0, s = 1) writes c * W in one pass.
+
+Every dot loop is a ``tl.range(..., num_stages=NUM_STAGES)`` over plain loads, which Triton's
+software pipeliner stages through shared memory with async copies. In the route D Gram with
+``RAW_B`` (x's dtype is the dot dtype) the second operand goes from memory to the tensor cores
+unconverted and its centring is applied in the epilogue: sum_k a_ki (x_kj - mu_j) s_j =
+(acc_ij - (sum_k a_ki) mu_j) s_j, with the column sums of the rounded first operand in fp32.
+
+The host side caches a launch plan per (shape, strides, dtype, device, options, config): tiles,
+grids, kernel arguments, and the layout of one fp32 workspace (loss, loss partials, column
+statistics, r partials); a call allocates that workspace and the Gram matrix and launches.
 
 The loss is the sum of a small buffer of per-tile partials, added up in a fixed order by
 program 0 of the last kernel (deterministic, no extra launch, no host sync). Dots
@@ -47,14 +59,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["decorrelation_forward_backward", "select_config", "dot_dtype", "INTERPRET", "CONFIG_OVERRIDE"]
+__all__ = ["decorrelation_forward_backward", "select_config", "dot_dtype", "clear_plan_cache", "INTERPRET"]
 
 # Fixed when this module is imported, like triton.jit's own choice of the interpreter.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-# Entries merged over select_config()'s choice on every call (tests force splits and small
-# tiles with it; tuning sessions can try block sizes without editing the code).
-CONFIG_OVERRIDE: dict = {}
 
 
 # --------------------------------------------------------------------------------------------
@@ -85,15 +93,9 @@ def _z_tile(x_ptr, row_off, rmask, col_off, cmask, mean, scale):
 
 @triton.jit
 def _raw_tile(x_ptr, row_off, rmask, col_off, cmask):
-    """[rows, cols] tile of X as stored (loaded one iteration ahead of its use: the software
-    pipeliner does not prefetch loads that pass through registers on their way to tl.dot)."""
+    """[rows, cols] tile as stored, zero outside the masks (a dot operand read straight from
+    memory: the software pipeliner stages it in shared memory with async copies)."""
     return tl.load(x_ptr + row_off[:, None] + col_off[None, :], mask=rmask[:, None] & cmask[None, :], other=0.0)
-
-
-@triton.jit
-def _to_z(raw, rmask, cmask, mean, scale):
-    """Centre and scale a raw tile in fp32; zero outside the masks."""
-    return tl.where(rmask[:, None] & cmask[None, :], (raw.to(tl.float32) - mean[None, :]) * scale[None, :], 0.0)
 
 
 @triton.jit
@@ -323,6 +325,8 @@ def _gram_kernel(
     CAST_FP32: tl.constexpr,
     BLOCK: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    RAW_B: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
     OFF64: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -347,29 +351,15 @@ def _gram_kernel(
         # K' tile: samples ci x samples cj, reduced over the group's features
         roff_i = _row_offsets(ci, S, stride_n, stride_s, OFF64)
         roff_j = _row_offsets(cj, S, stride_n, stride_s, OFF64)
-        cf = r_start + tl.arange(0, BLOCK_R)
-        mf = cf < r_end
-        coff = _wide((col0 + cf), OFF64) * stride_c
-        a_raw = _raw_tile(x_ptr, roff_i, mi, coff, mf)
-        b_raw = _raw_tile(x_ptr, roff_j, mj, coff, mf)
-        mean_f = tl.load(mean_ptr + col0 + cf, mask=mf, other=0.0)
-        scale_f = tl.load(scale_ptr + col0 + cf, mask=mf, other=0.0)
-        for f0 in range(r_start, r_end, BLOCK_R):
-            cf_nx = f0 + BLOCK_R + tl.arange(0, BLOCK_R)  # prefetch the next chunk of features
-            mf_nx = cf_nx < r_end
-            coff_nx = _wide((col0 + cf_nx), OFF64) * stride_c
-            a_nx = _raw_tile(x_ptr, roff_i, mi, coff_nx, mf_nx)
-            b_nx = _raw_tile(x_ptr, roff_j, mj, coff_nx, mf_nx)
-            mean_nx = tl.load(mean_ptr + col0 + cf_nx, mask=mf_nx, other=0.0)
-            scale_nx = tl.load(scale_ptr + col0 + cf_nx, mask=mf_nx, other=0.0)
-            mf = (f0 + tl.arange(0, BLOCK_R)) < r_end
-            a = _to_z(a_raw, mi, mf, mean_f, scale_f)
-            b = _to_z(b_raw, mj, mf, mean_f, scale_f)
+        for f0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+            cf = f0 + tl.arange(0, BLOCK_R)
+            mf = cf < r_end
+            coff = _wide((col0 + cf), OFF64) * stride_c
+            mean_f = tl.load(mean_ptr + col0 + cf, mask=mf, other=0.0)
+            scale_f = tl.load(scale_ptr + col0 + cf, mask=mf, other=0.0)
+            a = _z_tile(x_ptr, roff_i, mi, coff, mf, mean_f, scale_f)
+            b = _z_tile(x_ptr, roff_j, mj, coff, mf, mean_f, scale_f)
             acc = _mma(a, tl.trans(b), acc, DOT_DTYPE, PRECISION, CAST_FP32)
-            a_raw = a_nx
-            b_raw = b_nx
-            mean_f = mean_nx
-            scale_f = scale_nx
     else:
         # M tile: features ci x features cj, reduced over the samples
         mean_i = tl.load(mean_ptr + col0 + ci, mask=mi, other=0.0)
@@ -378,21 +368,22 @@ def _gram_kernel(
         scale_j = tl.load(scale_ptr + col0 + cj, mask=mj, other=0.0)
         coff_i = _wide((col0 + ci), OFF64) * stride_c
         coff_j = _wide((col0 + cj), OFF64) * stride_c
-        rows = r_start + tl.arange(0, BLOCK_R)
-        roff = _row_offsets(rows, S, stride_n, stride_s, OFF64)
-        a_raw = _raw_tile(x_ptr, roff, rows < r_end, coff_i, mi)
-        b_raw = _raw_tile(x_ptr, roff, rows < r_end, coff_j, mj)
-        for k0 in range(r_start, r_end, BLOCK_R):
-            rows_nx = k0 + BLOCK_R + tl.arange(0, BLOCK_R)  # prefetch the next chunk of samples
-            roff_nx = _row_offsets(rows_nx, S, stride_n, stride_s, OFF64)
-            a_nx = _raw_tile(x_ptr, roff_nx, rows_nx < r_end, coff_i, mi)
-            b_nx = _raw_tile(x_ptr, roff_nx, rows_nx < r_end, coff_j, mj)
-            mk = (k0 + tl.arange(0, BLOCK_R)) < r_end
-            a = _to_z(a_raw, mk, mi, mean_i, scale_i)
-            b = _to_z(b_raw, mk, mj, mean_j, scale_j)
-            acc = _mma(tl.trans(a), b, acc, DOT_DTYPE, PRECISION, CAST_FP32)
-            a_raw = a_nx
-            b_raw = b_nx
+        asum = tl.zeros((BLOCK,), tl.float32)
+        for k0 in tl.range(r_start, r_end, BLOCK_R, num_stages=NUM_STAGES):
+            rows = k0 + tl.arange(0, BLOCK_R)
+            mk = rows < r_end
+            roff = _row_offsets(rows, S, stride_n, stride_s, OFF64)
+            a = _z_tile(x_ptr, roff, mk, coff_i, mi, mean_i, scale_i)
+            if RAW_B:  # B straight from memory (no register pass: the wgmma stays asynchronous)
+                b = _raw_tile(x_ptr, roff, mk, coff_j, mj)
+                a = a.to(DOT_DTYPE)
+                asum += tl.sum(a.to(tl.float32), axis=0)
+                acc = _mma(tl.trans(a), b, acc, DOT_DTYPE, PRECISION, CAST_FP32)
+            else:
+                b = _z_tile(x_ptr, roff, mk, coff_j, mj, mean_j, scale_j)
+                acc = _mma(tl.trans(a), b, acc, DOT_DTYPE, PRECISION, CAST_FP32)
+        if RAW_B:  # sum_k a_ki (x_kj - mu_j) s_j = (acc_ij - asum_i mu_j) s_j
+            acc = (acc - asum[:, None] * mean_j[None, :]) * scale_j[None, :]
     m = acc * inv_nprime
     base = out_ptr + _wide(grp, OFF64) * L * L
     p_ij = base + _wide(ci[:, None], OFF64) * L + cj[None, :]
@@ -501,6 +492,7 @@ def _grad_d_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_J: tl.constexpr,
     GROUP_M: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
     OFF64: tl.constexpr,
 ):
     grp = tl.program_id(1)
@@ -513,25 +505,14 @@ def _grad_d_kernel(
     mn = cn < g
     mbase = m_ptr + _wide(grp, OFF64) * g * g
     acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
-    cj = tl.arange(0, BLOCK_J)
-    mj = cj < g
-    z_raw = _raw_tile(x_ptr, roff, mr, _wide((col0 + cj), OFF64) * stride_c, mj)
-    mt = _raw_tile(mbase, _wide(cj, OFF64) * g, mj, cn, mn)
-    mean_j = tl.load(mean_ptr + col0 + cj, mask=mj, other=0.0)
-    scale_j = tl.load(scale_ptr + col0 + cj, mask=mj, other=0.0)
-    for j0 in range(0, g, BLOCK_J):
-        cj_nx = j0 + BLOCK_J + tl.arange(0, BLOCK_J)  # prefetch the next Z and Moff tiles
-        mj_nx = cj_nx < g
-        z_nx = _raw_tile(x_ptr, roff, mr, _wide((col0 + cj_nx), OFF64) * stride_c, mj_nx)
-        mt_nx = _raw_tile(mbase, _wide(cj_nx, OFF64) * g, mj_nx, cn, mn)
-        mean_nx = tl.load(mean_ptr + col0 + cj_nx, mask=mj_nx, other=0.0)
-        scale_nx = tl.load(scale_ptr + col0 + cj_nx, mask=mj_nx, other=0.0)
-        z = _to_z(z_raw, mr, (j0 + tl.arange(0, BLOCK_J)) < g, mean_j, scale_j)
+    for j0 in tl.range(0, g, BLOCK_J, num_stages=NUM_STAGES):
+        cj = j0 + tl.arange(0, BLOCK_J)
+        mj = cj < g
+        mean_j = tl.load(mean_ptr + col0 + cj, mask=mj, other=0.0)
+        scale_j = tl.load(scale_ptr + col0 + cj, mask=mj, other=0.0)
+        z = _z_tile(x_ptr, roff, mr, _wide((col0 + cj), OFF64) * stride_c, mj, mean_j, scale_j)
+        mt = _raw_tile(mbase, _wide(cj, OFF64) * g, mj, cn, mn)
         acc = _mma(z, mt, acc, DOT_DTYPE, PRECISION, CAST_FP32)
-        z_raw = z_nx
-        mt = mt_nx
-        mean_j = mean_nx
-        scale_j = scale_nx
     if CORR:
         mean_n = tl.load(mean_ptr + col0 + cn, mask=mn, other=0.0)
         scale_n = tl.load(scale_ptr + col0 + cn, mask=mn, other=0.0)
@@ -550,7 +531,7 @@ def _grad_d_kernel(
 
 
 # --------------------------------------------------------------------------------------------
-# 3b. route N: W = K' Z - Z diag(M) = Z Moff, r partials; then c * s * (W - Z r)
+# 3b. route N: W = K' Z - Z diag(M) = Z Moff, r_i = sum_k Z_ki W_ki / n'; c * s * (W - Z r)
 # --------------------------------------------------------------------------------------------
 @triton.jit
 def _kz_tile(
@@ -575,26 +556,23 @@ def _kz_tile(
     BLOCK_M: tl.constexpr,
     BLOCK_F: tl.constexpr,
     BLOCK_L: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
     OFF64: tl.constexpr,
 ):
-    """(W, Z) tiles [rows, features]: W = K' Z - Z diag(M) = Z Moff, with K' = Koff' + diag(K')."""
+    """(W^T, Z^T) tiles [features, rows] in fp32: W^T = Z^T K' - diag(M) Z^T, computed as
+    Z^T Koff' + (diag(K') - diag(M)) Z^T. K' is symmetric, so its tile [l, rows] is read straight
+    from memory as the second dot operand and only Z^T passes through registers."""
     kbase = k_ptr + _wide(grp, OFF64) * n * n
-    acc = tl.zeros((BLOCK_M, BLOCK_F), tl.float32)
-    krow = _wide(rows, OFF64) * n
-    rl = tl.arange(0, BLOCK_L)
-    z_raw = _raw_tile(x_ptr, _row_offsets(rl, S, stride_n, stride_s, OFF64), rl < n, coff, mf)
-    kt = _raw_tile(kbase, krow, mr, rl, rl < n)
-    for l0 in range(0, n, BLOCK_L):
-        rl_nx = l0 + BLOCK_L + tl.arange(0, BLOCK_L)  # prefetch the next Z and K' tiles
-        z_nx = _raw_tile(x_ptr, _row_offsets(rl_nx, S, stride_n, stride_s, OFF64), rl_nx < n, coff, mf)
-        kt_nx = _raw_tile(kbase, krow, mr, rl_nx, rl_nx < n)
-        z = _to_z(z_raw, (l0 + tl.arange(0, BLOCK_L)) < n, mf, mean_f, scale_f)
-        acc = _mma(kt, z, acc, DOT_DTYPE, PRECISION, CAST_FP32)
-        z_raw = z_nx
-        kt = kt_nx
-    zr = _z_tile(x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, coff, mf, mean_f, scale_f)
+    acc = tl.zeros((BLOCK_F, BLOCK_M), tl.float32)
+    for l0 in tl.range(0, n, BLOCK_L, num_stages=NUM_STAGES):
+        rl = l0 + tl.arange(0, BLOCK_L)
+        ml = rl < n
+        z = _z_tile(x_ptr, _row_offsets(rl, S, stride_n, stride_s, OFF64), ml, coff, mf, mean_f, scale_f)
+        kt = _raw_tile(kbase, _wide(rl, OFF64) * n, ml, rows, mr)
+        acc = _mma(tl.trans(z), kt, acc, DOT_DTYPE, PRECISION, CAST_FP32)
+    zr = tl.trans(_z_tile(x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, coff, mf, mean_f, scale_f))
     kd = tl.load(kdiag_ptr + grp * n + rows, mask=mr, other=0.0)
-    return acc + zr * (kd[:, None] - dm[None, :]), zr
+    return acc + zr * (kd[None, :] - dm[:, None]), zr
 
 
 @triton.jit
@@ -620,10 +598,12 @@ def _kz_kernel(
     gstride_n,
     gstride_s,
     gstride_c,
+    R_PARTS,
     inv_nprime,
     coef,
     CORR: tl.constexpr,
     ROW_LOOP: tl.constexpr,
+    PASS: tl.constexpr,
     SUM_LOSS: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -632,11 +612,16 @@ def _kz_kernel(
     BLOCK_F: tl.constexpr,
     BLOCK_L: tl.constexpr,
     GROUP_M: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
     OFF64: tl.constexpr,
 ):
-    """Route N gradient. ROW_LOOP: one program per feature tile walks every row tile, so r is
-    complete inside the program and the gradient is final (no second kernel); otherwise one
-    program per (row tile, feature tile), W and the r partials go to ``_finish_n_kernel``."""
+    """Route N gradient; W stays in fp32 registers (it can exceed the gradient dtype's range:
+    |W| reaches (g - 1) |Z|), the gradient buffer only receives c * s * (W - Z r).
+
+    ROW_LOOP: one program per feature tile walks every row tile, twice in correlation mode
+    (r first, then W again and the final value). Otherwise one program per (row tile, feature
+    tile): PASS 0 writes r partials per row tile (correlation mode), PASS 1 recomputes W and
+    writes the gradient (covariance mode: PASS 1 alone, r = 0)."""
     grp = tl.program_id(1)
     if ROW_LOOP:
         pid_m = 0
@@ -647,141 +632,53 @@ def _kz_kernel(
     cf = pid_f * BLOCK_F + tl.arange(0, BLOCK_F)
     mf = cf < g
     coff = _wide((col0 + cf), OFF64) * stride_c
-    gcoff = (_wide((col0 + cf), OFF64) * gstride_c)[None, :]
+    gcoff = (_wide((col0 + cf), OFF64) * gstride_c)[:, None]
     mean_f = tl.load(mean_ptr + col0 + cf, mask=mf, other=0.0)
     scale_f = tl.load(scale_ptr + col0 + cf, mask=mf, other=0.0)
     dm = tl.load(diag_ptr + col0 + cf, mask=mf, other=0.0)
+    fac = scale_f * coef if CORR else tl.where(mf, coef, 0.0)
     if ROW_LOOP:
         r = tl.zeros((BLOCK_F,), tl.float32)
+        if CORR:
+            for m0 in range(0, n, BLOCK_M):
+                rows = m0 + tl.arange(0, BLOCK_M)
+                w, zr = _kz_tile(
+                    x_ptr, k_ptr, kdiag_ptr, rows, rows < n, grp, n, S, stride_n, stride_s, coff, mf, mean_f,
+                    scale_f, dm, DOT_DTYPE, PRECISION, CAST_FP32, BLOCK_M, BLOCK_F, BLOCK_L, NUM_STAGES, OFF64,
+                )  # fmt: skip
+                r += tl.sum(zr * w, axis=1)
+            r = r * inv_nprime
         for m0 in range(0, n, BLOCK_M):
             rows = m0 + tl.arange(0, BLOCK_M)
             mr = rows < n
             w, zr = _kz_tile(
-                x_ptr,
-                k_ptr,
-                kdiag_ptr,
-                rows,
-                mr,
-                grp,
-                n,
-                S,
-                stride_n,
-                stride_s,
-                coff,
-                mf,
-                mean_f,
-                scale_f,
-                dm,
-                DOT_DTYPE,
-                PRECISION,
-                CAST_FP32,
-                BLOCK_M,
-                BLOCK_F,
-                BLOCK_L,
-                OFF64,
-            )
-            gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[:, None] + gcoff
-            if CORR:
-                tl.store(gptrs, w.to(grad_ptr.dtype.element_ty), mask=mr[:, None] & mf[None, :])
-                r += tl.sum(zr * w, axis=0)
-            else:
-                tl.store(gptrs, (w * coef).to(grad_ptr.dtype.element_ty), mask=mr[:, None] & mf[None, :])
-        if CORR:
-            r = r * inv_nprime
-            tl.debug_barrier()  # this program's stores of W are visible to all its threads
-            for m0 in range(0, n, BLOCK_M):
-                rows = m0 + tl.arange(0, BLOCK_M)
-                mr = rows < n
-                mask = mr[:, None] & mf[None, :]
-                gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[:, None] + gcoff
-                w = tl.load(gptrs, mask=mask, other=0.0).to(tl.float32)
-                zr = _z_tile(x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, coff, mf, mean_f, scale_f)
-                out = (w - zr * r[None, :]) * (scale_f * coef)[None, :]
-                tl.store(gptrs, out.to(grad_ptr.dtype.element_ty), mask=mask)
+                x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, coff, mf, mean_f,
+                scale_f, dm, DOT_DTYPE, PRECISION, CAST_FP32, BLOCK_M, BLOCK_F, BLOCK_L, NUM_STAGES, OFF64,
+            )  # fmt: skip
+            out = (w - zr * r[:, None]) * fac[:, None]
+            gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[None, :] + gcoff
+            tl.store(gptrs, out.to(grad_ptr.dtype.element_ty), mask=mf[:, None] & mr[None, :])
     else:
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         mr = rows < n
         w, zr = _kz_tile(
-            x_ptr,
-            k_ptr,
-            kdiag_ptr,
-            rows,
-            mr,
-            grp,
-            n,
-            S,
-            stride_n,
-            stride_s,
-            coff,
-            mf,
-            mean_f,
-            scale_f,
-            dm,
-            DOT_DTYPE,
-            PRECISION,
-            CAST_FP32,
-            BLOCK_M,
-            BLOCK_F,
-            BLOCK_L,
-            OFF64,
-        )
-        gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[:, None] + gcoff
-        mask = mr[:, None] & mf[None, :]
-        if CORR:
-            tl.store(gptrs, w.to(grad_ptr.dtype.element_ty), mask=mask)
-            tl.store(rpart_ptr + _wide(pid_m, OFF64) * D + col0 + cf, tl.sum(zr * w, axis=0) * inv_nprime, mask=mf)
+            x_ptr, k_ptr, kdiag_ptr, rows, mr, grp, n, S, stride_n, stride_s, coff, mf, mean_f,
+            scale_f, dm, DOT_DTYPE, PRECISION, CAST_FP32, BLOCK_M, BLOCK_F, BLOCK_L, NUM_STAGES, OFF64,
+        )  # fmt: skip
+        if PASS == 0:
+            tl.store(rpart_ptr + _wide(pid_m, OFF64) * D + col0 + cf, tl.sum(zr * w, axis=1) * inv_nprime, mask=mf)
         else:
-            tl.store(gptrs, (w * coef).to(grad_ptr.dtype.element_ty), mask=mask)
+            r = tl.zeros((BLOCK_F,), tl.float32)
+            rp = rpart_ptr + col0 + cf
+            for _ in range(R_PARTS):
+                r += tl.load(rp, mask=mf, other=0.0)
+                rp += D  # 64-bit pointer arithmetic: no int32 product of the part index and D
+            out = (w - zr * r[:, None]) * fac[:, None]
+            gptrs = grad_ptr + _row_offsets(rows, S, gstride_n, gstride_s, OFF64)[None, :] + gcoff
+            tl.store(gptrs, out.to(grad_ptr.dtype.element_ty), mask=mf[:, None] & mr[None, :])
     if SUM_LOSS:  # the last kernel of the forward
         if (tl.program_id(0) == 0) & (grp == 0):
             _sum_loss_parts(loss_part_ptr, n_parts, loss_ptr, 256)
-
-
-@triton.jit
-def _finish_n_kernel(
-    x_ptr,
-    grad_ptr,
-    mean_ptr,
-    scale_ptr,
-    rpart_ptr,
-    loss_part_ptr,
-    n_parts,
-    loss_ptr,
-    n,
-    D,
-    S,
-    stride_n,
-    stride_s,
-    stride_c,
-    gstride_n,
-    gstride_s,
-    gstride_c,
-    R_PARTS,
-    coef,
-    BLOCK_M: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    OFF64: tl.constexpr,
-):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mr = rows < n
-    mc = cols < D
-    r = tl.zeros((BLOCK_C,), tl.float32)
-    for t in range(R_PARTS):
-        r += tl.load(rpart_ptr + t * D + cols, mask=mc, other=0.0)
-    mean = tl.load(mean_ptr + cols, mask=mc, other=0.0)
-    scale = tl.load(scale_ptr + cols, mask=mc, other=0.0)
-    z = _z_tile(
-        x_ptr, _row_offsets(rows, S, stride_n, stride_s, OFF64), mr, _wide(cols, OFF64) * stride_c, mc, mean, scale
-    )
-    goff = _row_offsets(rows, S, gstride_n, gstride_s, OFF64)
-    gptrs = grad_ptr + goff[:, None] + (_wide(cols, OFF64) * gstride_c)[None, :]
-    mask = mr[:, None] & mc[None, :]
-    w = tl.load(gptrs, mask=mask, other=0.0).to(tl.float32)
-    out = (w - z * r[None, :]) * (scale * coef)[None, :]
-    tl.store(gptrs, out.to(grad_ptr.dtype.element_ty), mask=mask)
-    if (tl.program_id(0) == 0) & (tl.program_id(1) == 0):
-        _sum_loss_parts(loss_part_ptr, n_parts, loss_ptr, 256)
 
 
 # --------------------------------------------------------------------------------------------
@@ -819,26 +716,43 @@ def _split(total: int, tiles: int, block: int, target: int, min_len: int) -> tup
     return chunk, triton.cdiv(total, chunk)
 
 
+_OVERRIDE_ONLY = ("gram_split", "stats_split", "off64")
+
+
 def select_config(
-    n: int, g: int, groups: int, dtype: torch.dtype, device: torch.device, interpret: bool = INTERPRET
+    n: int,
+    g: int,
+    groups: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    interpret: bool = INTERPRET,
+    correlation: bool = True,
 ) -> dict:
-    """Tile sizes, warps, stages and split policy for one problem.
+    """Tile sizes, warps, stages and split policy for one problem (n samples, groups of g
+    features, x's dtype).
 
     Keys: ``stats_block_k/_c`` (rows x columns of the statistics tiles), ``gram_block`` (Gram
     tile edge), ``gram_block_r`` (reduction step of the Gram dot), ``grad_block_m/_n/_j``
     (rows, output features, reduction step of the gradient dot), ``fin_block`` (elementwise
-    tiles), ``gram_warps``/``grad_warps``/``num_stages`` (the dot kernels), ``group_m`` (L2
-    swizzle), ``target_programs`` (split the Gram reduction until about this many programs),
-    ``stats_min_chunk`` and ``gram_min_chunk`` (shortest split), ``min_split_work`` (no Gram split
-    below this many multiply-adds: small problems are launch bound), ``kz_row_loop`` (route N:
-    one program per feature tile finishes the gradient itself). Also honoured: ``gram_split`` and
-    ``stats_split`` (force that many chunks), ``off64`` (force 64-bit offsets); tests use them.
+    tiles), ``gram_warps``/``grad_warps``/``num_stages`` (the dot kernels; ``num_stages`` is the
+    software-pipelining depth of their loops), ``group_m`` (L2 swizzle), ``target_programs``
+    (split the Gram reduction until about this many programs), ``stats_min_chunk`` and
+    ``gram_min_chunk`` (shortest split), ``min_split_work`` (no Gram split below this many
+    multiply-adds: small problems are launch bound), ``kz_row_loop`` (route N: one program per
+    feature tile finishes the gradient itself), ``gram_maxnreg``/``grad_maxnreg`` (register cap per
+    thread of the dot kernels, None: ptxas decides), ``raw_b`` (route D Gram: the second dot operand
+    is read straight from memory and centred in the epilogue, so only the first passes through
+    registers; only where x's dtype is the dot dtype). Accepted as overrides only (the
+    ``config=`` argument of :func:`decorrelation_forward_backward`): ``gram_split`` and
+    ``stats_split`` (force that many chunks), ``off64`` (force 64-bit offsets).
 
-    The GPU defaults were chosen without a GPU at hand: every dot loop compiles for sm_90 with
-    no register spills (checked with ptxas for 2-D row-major input); timings should decide next.
+    Under the interpreter one small config serves every shape. On a GPU the rules key on the
+    route (n < g), the Gram size and whether the data is 16-bit; every dot-loop variant they
+    produce for the target shapes compiles for sm_90 without spills (bench/compile_check.py).
     """
     route_n = n < g
     half = dtype != torch.float32
+    ddt = dot_dtype(dtype, correlation, g)
     sms = _sm_count(device)
     if interpret:
         cfg = dict(
@@ -858,41 +772,283 @@ def select_config(
             gram_min_chunk=64,
             target_programs=4,
             min_split_work=0,
+            raw_b=False,
+            gram_maxnreg=None,
+            grad_maxnreg=None,
         )
     else:
-        # Chosen so that no dot loop spills registers on sm_90 (ptxas, 2-D row-major input).
         L = n if route_n else g
         gb = 128 if L >= 2048 else 64
-        if not route_n:
-            gbr = 64 if half else 32
-        else:
-            gbr = 32 if half else (16 if gb == 128 else 32)
         cfg = dict(
             stats_block_k=64,
             stats_block_c=64,
             gram_block=gb,
-            gram_block_r=gbr,
+            gram_block_r=64 if half else 32,
             gram_warps=8 if gb == 128 else 4,
             fin_block=64,
-            num_stages=3,
+            num_stages=3 if half else 2,
             group_m=8,
-            grad_warps=8,
             stats_min_chunk=512,
             gram_min_chunk=256,
             target_programs=2 * sms,
             min_split_work=1 << 26,
+            raw_b=half and ddt == dtype,
+            gram_maxnreg=None,
+            grad_maxnreg=None,
         )
-        if route_n:  # K' Z: 64 sample rows x 128 features per program
-            cfg.update(grad_block_m=64, grad_block_n=128 if g >= 128 else 64, grad_block_j=64 if half else 32)
-        else:  # Z Moff: 128 x 128 output tiles
+        if route_n:  # Z^T K': 64 features x 64 sample rows per program, one warpgroup (2-3 blocks per SM)
+            cfg.update(grad_block_m=64, grad_block_n=64, grad_block_j=64 if half else 32, grad_warps=4)
+        else:  # Z Moff: 128 x 128 output tiles on two warpgroups; 128 x 64 on one where g < 128
+            wide = g >= 128
             cfg.update(
                 grad_block_m=128 if n >= 128 else 64,
-                grad_block_n=128 if g >= 128 else 64,
-                grad_block_j=32 if half else 16,
+                grad_block_n=128 if wide else 64,
+                grad_block_j=64 if half else 32,
+                grad_warps=8 if wide else 4,
             )
     bn = cfg["grad_block_n"]
     cfg["kz_row_loop"] = route_n and (n <= 256 or triton.cdiv(g, bn) * groups >= sms)
     return cfg
+
+
+class _Buf:
+    """A placeholder in a launch plan: a slice of the per-call fp32 workspace (or the Gram buffer)."""
+
+    __slots__ = ("name", "start", "shape")
+
+    def __init__(self, name, start=0, shape=()):
+        self.name, self.start, self.shape = name, start, shape
+
+
+class _Plan:
+    """Everything a call does that depends only on its key: buffer sizes and the launches."""
+
+    __slots__ = ("ws_numel", "gram_shape", "gram_dtype", "gram_zero", "loss_at", "launches", "starts", "steps")
+
+    def __init__(self):
+        self.ws_numel = 0
+        self.launches = []
+
+    def buf(self, numel, shape=None):
+        b = _Buf("ws", self.ws_numel, tuple(shape) if shape else (numel,))
+        self.ws_numel += max(int(numel), 0)
+        return b
+
+
+_PLANS: dict = {}
+_PLAN_CACHE_SIZE = 512
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached launch plan (tests and tuning tools that patch the module use it)."""
+    _PLANS.clear()
+
+
+def _make_plan(ncs, strides, grad_strides, dtype, device, correlation, mean_reduction, correction, groups, eps, config):
+    N, C, S = ncs
+    n = N * S
+    D = C
+    G = groups
+    g = D // G
+    nprime = n - correction
+    cfg = select_config(n, g, G, dtype, device, correlation=correlation)
+    if config:
+        unknown = sorted(set(config) - set(cfg) - set(_OVERRIDE_ONLY))
+        if unknown:
+            raise ValueError(f"config: unknown keys {unknown}; expected keys of select_config() or {_OVERRIDE_ONLY}")
+        cfg.update(config)
+    route_n = n < g
+    inv_nprime = 1.0 / nprime
+    loss_factor = 1.0 / (G * g * (g - 1)) if mean_reduction else 1.0
+    coef = 4.0 * inv_nprime * loss_factor
+    ddt = dot_dtype(dtype, correlation, g)
+    precision = "tf32x3" if ddt == torch.float32 else "tf32"  # the latter is ignored for 16-bit dots
+    sn, sc, ss = strides
+    with_grad = grad_strides is not None
+    gsn, gsc, gss = grad_strides if with_grad else (0, 0, 0)
+    ns = cfg["num_stages"]
+    dots = dict(DOT_DTYPE=_TL_DTYPES[ddt], PRECISION=precision, CAST_FP32=INTERPRET)
+    plan = _Plan()
+    X, GRAD, GRAM = _Buf("x"), _Buf("grad"), _Buf("gram")
+
+    # ---- Gram tiling and split of its reduction axis (R: samples in route D, features in N)
+    L = n if route_n else g
+    gb = cfg["gram_block"]
+    T = triton.cdiv(L, gb)
+    n_tri = T * (T + 1) // 2
+    R = g if route_n else n
+    if "gram_split" in cfg:
+        chunk = triton.cdiv(triton.cdiv(R, cfg["gram_split"]), cfg["gram_block_r"]) * cfg["gram_block_r"]
+        n_split = triton.cdiv(R, chunk)
+    elif G * L * L * R < cfg["min_split_work"]:
+        chunk, n_split = R, 1
+    else:
+        chunk, n_split = _split(R, n_tri * G, cfg["gram_block_r"], cfg["target_programs"], cfg["gram_min_chunk"])
+    atomic = n_split > 1
+    fin_block = cfg["fin_block"]
+    raw_b = bool(cfg["raw_b"]) and not route_n and ddt == dtype
+
+    # ---- int32 offsets unless some tensor spans 2^31 elements
+    def span(shape, st):
+        return 1 + sum((size - 1) * abs(stride) for size, stride in zip(shape, st))
+
+    bm, bn = cfg["grad_block_m"], cfg["grad_block_n"]
+    tm = triton.cdiv(n, bm)
+    spans = [span(ncs, strides), G * L * L, (T + 1) * D, (tm + 1) * D]
+    if with_grad:
+        spans.append(span(ncs, grad_strides))
+    sbc = cfg["stats_block_c"]
+    if "stats_split" in cfg:
+        s_chunk = triton.cdiv(triton.cdiv(n, cfg["stats_split"]), cfg["stats_block_k"]) * cfg["stats_block_k"]
+        s_split = triton.cdiv(n, s_chunk)
+    else:
+        s_chunk, s_split = _split(
+            n, triton.cdiv(D, sbc), cfg["stats_block_k"], cfg["target_programs"], cfg["stats_min_chunk"]
+        )
+    spans.append(s_split * D)
+    off64 = bool(cfg.get("off64", max(spans) >= 2**31 - 1))
+
+    # ---- fp32 workspace: loss, loss partials, column statistics, r partials, diag(K')
+    loss = plan.buf(1, ())
+    plan.loss_at = loss.start
+    n_stat_parts = triton.cdiv(D, sbc) if route_n else 0
+    n_gram_parts = G * (triton.cdiv(L, fin_block) if atomic else n_tri)
+    n_parts = n_stat_parts + n_gram_parts
+    loss_parts = plan.buf(n_parts)
+    gram_parts = _Buf("ws", loss_parts.start + n_stat_parts, (n_gram_parts,))
+    mean, scale, diag = plan.buf(D), plan.buf(D), plan.buf(D)
+    fused = s_split == 1
+    pmean = pm2 = mean
+    if not fused:
+        pmean, pm2 = plan.buf(s_split * D), plan.buf(s_split * D)
+    r_parts = 0
+    if route_n:
+        kdiag = plan.buf(G * n)
+        rpart = kdiag  # unused
+    else:
+        kdiag = mean  # unused
+        r_parts = (1 if atomic else T) if correlation else 0
+        rpart = plan.buf(G * r_parts * g) if correlation else mean
+    row_loop = route_n and bool(cfg["kz_row_loop"])
+    two_pass = with_grad and route_n and correlation and not row_loop
+    rpart_n = plan.buf(tm * D) if two_pass else mean
+    plan.gram_shape = (G, L, L)
+    plan.gram_dtype = torch.float32 if atomic else ddt
+    plan.gram_zero = atomic
+
+    # register caps (ptxas .maxnreg) of the dot kernels, where the config sets one
+    gram_regs = {"maxnreg": cfg["gram_maxnreg"]} if cfg.get("gram_maxnreg") and not INTERPRET else {}
+    grad_regs = {"maxnreg": cfg["grad_maxnreg"]} if cfg.get("grad_maxnreg") and not INTERPRET else {}
+
+    def launch(kernel, grid, *args, **kwargs):
+        plan.launches.append((kernel, tuple(int(v) for v in grid), args, kwargs))
+
+    # ---- 1. column statistics
+    launch(
+        "_col_stats_kernel",
+        (triton.cdiv(D, sbc), s_split),
+        X, pmean, pm2, mean, scale, diag, loss_parts, n, D, S, sn, ss, sc, s_chunk, inv_nprime, eps, loss_factor,
+        CORR=correlation, FUSED=fused, DIAG_LOSS=route_n, BLOCK_K=cfg["stats_block_k"], BLOCK_C=sbc, OFF64=off64,
+        num_warps=4,
+    )  # fmt: skip
+    if not fused:
+        launch(
+            "_col_stats_combine_kernel",
+            (triton.cdiv(D, sbc),),
+            pmean, pm2, mean, scale, diag, loss_parts, n, D, s_chunk, s_split, inv_nprime, eps, loss_factor,
+            CORR=correlation, DIAG_LOSS=route_n, BLOCK_C=sbc, num_warps=4,
+        )  # fmt: skip
+
+    # ---- 2. Gram matrix (+ P partials, r / diag(K'))
+    launch(
+        "_gram_kernel",
+        (n_tri, n_split, G),
+        X, mean, scale, GRAM, rpart, kdiag, gram_parts, n, g, S, sn, ss, sc, T, chunk, inv_nprime, loss_factor,
+        ROUTE_N=route_n, CORR=correlation, ATOMIC=atomic, **dots, BLOCK=gb, BLOCK_R=cfg["gram_block_r"],
+        RAW_B=raw_b, NUM_STAGES=ns, OFF64=off64, num_warps=cfg["gram_warps"], num_stages=ns, **gram_regs,
+    )  # fmt: skip
+    if atomic:
+        launch(
+            "_gram_finish_kernel",
+            (triton.cdiv(L, fin_block), G),
+            GRAM, rpart, kdiag, gram_parts, L, loss_factor,
+            ROUTE_N=route_n, CORR=correlation, BLOCK=fin_block, BLOCK_C=fin_block, OFF64=off64, num_warps=4,
+        )  # fmt: skip
+    if not with_grad:
+        plan.loss_at = None  # the loss is the sum of the partials
+        plan.launches.append(("sum", loss_parts))
+        return plan
+
+    # ---- 3. gradient (its program 0 also sums the loss partials into `loss`)
+    if not route_n:
+        launch(
+            "_grad_d_kernel",
+            (tm * triton.cdiv(g, bn), G),
+            X, GRAD, mean, scale, GRAM, rpart, loss_parts, n_parts, loss, n, g, S, sn, ss, sc, gsn, gss, gsc,
+            r_parts, coef,
+            CORR=correlation, **dots, BLOCK_M=bm, BLOCK_N=bn, BLOCK_J=cfg["grad_block_j"], GROUP_M=cfg["group_m"],
+            NUM_STAGES=ns, OFF64=off64, num_warps=cfg["grad_warps"], num_stages=ns, **grad_regs,
+        )  # fmt: skip
+        return plan
+    grid = (triton.cdiv(g, bn) if row_loop else tm * triton.cdiv(g, bn), G)
+    for pass_ in (0, 1) if two_pass else (1,):
+        launch(
+            "_kz_kernel",
+            grid,
+            X, GRAD, mean, scale, diag, GRAM, kdiag, rpart_n, loss_parts, n_parts, loss, n, g, D, S, sn, ss, sc,
+            gsn, gss, gsc, tm if two_pass else 0, inv_nprime, coef,
+            CORR=correlation, ROW_LOOP=row_loop, PASS=pass_, SUM_LOSS=pass_ == 1, **dots, BLOCK_M=bm, BLOCK_F=bn,
+            BLOCK_L=cfg["grad_block_j"], GROUP_M=cfg["group_m"], NUM_STAGES=ns, OFF64=off64,
+            num_warps=cfg["grad_warps"], num_stages=ns, **grad_regs,
+        )  # fmt: skip
+    return plan
+
+
+def _compile_plan(plan: _Plan) -> None:
+    """Turn the launches' placeholders into slots of one per-call buffer list: [x, grad, gram,
+    then one workspace view per distinct offset] (kernels only use a buffer's data pointer)."""
+    starts = sorted(
+        {a.start for e in plan.launches if e[0] != "sum" for a in e[2] if a.__class__ is _Buf and a.name == "ws"}
+    )
+    slot_of = {s_: 3 + i for i, s_ in enumerate(starts)}
+    fixed = {"x": 0, "grad": 1, "gram": 2}
+    steps = []
+    for entry in plan.launches:
+        if entry[0] == "sum":
+            b = entry[1]
+            steps.append(("sum", b.start, b.shape[0], (), None))
+            continue
+        name, grid, args, kwargs = entry
+        template = list(args)
+        slots = []
+        for i, a in enumerate(args):
+            if a.__class__ is _Buf:
+                slots.append((i, fixed[a.name] if a.name != "ws" else slot_of[a.start]))
+                template[i] = None
+        steps.append((name, grid, template, tuple(slots), kwargs))
+    plan.starts = starts
+    plan.steps = steps
+
+
+def _run_plan(plan: _Plan, x: torch.Tensor, grad: torch.Tensor | None) -> torch.Tensor:
+    device = x.device
+    ws = torch.empty(plan.ws_numel, device=device, dtype=torch.float32)
+    shape, dtype = plan.gram_shape, plan.gram_dtype
+    if plan.gram_zero:
+        gram = torch.zeros(shape, device=device, dtype=dtype)
+    else:
+        gram = torch.empty(shape, device=device, dtype=dtype)
+    bufs = [x, grad, gram]
+    bufs += [ws[s_:] for s_ in plan.starts]
+    module = globals()
+    for name, grid, template, slots, kwargs in plan.steps:
+        if name == "sum":  # loss only: the sum of the partials
+            return ws.narrow(0, grid, template).sum()
+        args = template.copy()
+        for i, j in slots:
+            args[i] = bufs[j]
+        module[name][grid](*args, **kwargs)
+    return ws[plan.loss_at]
 
 
 def decorrelation_forward_backward(
@@ -919,295 +1075,43 @@ def decorrelation_forward_backward(
             None: the loss alone (the gradient kernels are skipped).
         grad_strides: its (N, C, S) element strides (ignored when ``grad`` is None).
         correlation, mean_reduction, correction, groups, eps: the op's options.
-        config: overrides of :func:`select_config` (tests use it to force splits and tiles).
+        config: entries merged over :func:`select_config`'s choice for this call (tile sizes,
+            forced splits; tests and tuning use it). Unknown keys raise ValueError.
 
     Returns:
         The penalty, a 0-dim float32 tensor on x's device (no host synchronisation).
+
+    The launch plan (tiles, grids, buffer layout, kernel arguments) is cached per shape,
+    strides, dtype, device, options and ``config``; a call then makes three allocations (an fp32
+    workspace, the Gram matrix, nothing else besides the caller's ``grad``) and its launches.
+    Launches run on x's device (a device guard switches to it when it is not the current one).
     """
-    N, C, S = ncs
-    n = N * S
-    D = C
-    G = groups
-    g = D // G
-    nprime = n - correction
+    key = (
+        tuple(ncs),
+        tuple(strides),
+        tuple(grad_strides) if grad is not None else None,
+        x.dtype,
+        x.device,
+        bool(correlation),
+        bool(mean_reduction),
+        int(correction),
+        int(groups),
+        float(eps),
+        tuple(sorted(config.items())) if config else (),
+        select_config,  # tools that patch the tile rules or the SM count get fresh plans
+        _sm_count,
+    )
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _PLAN_CACHE_SIZE:
+            _PLANS.clear()
+        plan = _make_plan(
+            ncs, strides, key[2], x.dtype, x.device, correlation, mean_reduction, correction, groups, eps, config
+        )
+        _compile_plan(plan)
+        _PLANS[key] = plan
     device = x.device
-    cfg = select_config(n, g, G, x.dtype, device)
-    cfg.update(CONFIG_OVERRIDE)
-    if config:
-        cfg.update(config)
-    route_n = n < g
-    inv_nprime = 1.0 / nprime
-    loss_factor = 1.0 / (G * g * (g - 1)) if mean_reduction else 1.0
-    coef = 4.0 * inv_nprime * loss_factor
-    ddt = dot_dtype(x.dtype, correlation, g)
-    tl_dot = _TL_DTYPES[ddt]
-    precision = "tf32x3" if ddt == torch.float32 else "tf32"  # the latter is ignored for 16-bit dots
-    cast_fp32 = INTERPRET
-    sn, sc, ss = strides
-    gsn, gsc, gss = grad_strides if grad is not None else (0, 0, 0)
-    f32 = dict(device=device, dtype=torch.float32)
-    ns = cfg["num_stages"]
-    dots = dict(DOT_DTYPE=tl_dot, PRECISION=precision, CAST_FP32=cast_fp32)
-
-    # ---- Gram tiling and split of its reduction axis (R: samples in route D, features in N)
-    L = n if route_n else g
-    gb = cfg["gram_block"]
-    T = triton.cdiv(L, gb)
-    n_tri = T * (T + 1) // 2
-    R = g if route_n else n
-    if "gram_split" in cfg:
-        chunk = triton.cdiv(triton.cdiv(R, cfg["gram_split"]), cfg["gram_block_r"]) * cfg["gram_block_r"]
-        n_split = triton.cdiv(R, chunk)
-    elif G * L * L * R < cfg["min_split_work"]:
-        chunk, n_split = R, 1
-    else:
-        chunk, n_split = _split(R, n_tri * G, cfg["gram_block_r"], cfg["target_programs"], cfg["gram_min_chunk"])
-    atomic = n_split > 1
-    fin_block = cfg["fin_block"]
-
-    # ---- int32 offsets unless some tensor spans 2^31 elements
-    def span(shape, st):
-        return 1 + sum((size - 1) * abs(stride) for size, stride in zip(shape, st))
-
-    spans = [span(ncs, strides), G * L * L, (T + 1) * D, (triton.cdiv(n, cfg["grad_block_m"]) + 1) * D]
-    if grad is not None:
-        spans.append(span(ncs, grad_strides))
-    off64 = bool(cfg.get("off64", max(spans) >= 2**31 - 1))
-
-    # ---- loss partials: [-sum_i M_ii^2 per column block (route N) | Gram tiles or row blocks]
-    sbc = cfg["stats_block_c"]
-    n_stat_parts = triton.cdiv(D, sbc) if route_n else 0
-    n_gram_parts = G * (triton.cdiv(L, fin_block) if atomic else n_tri)
-    n_parts = n_stat_parts + n_gram_parts
-    loss_parts = torch.empty(n_parts, **f32)
-
-    # ---- 1. column statistics
-    mean = torch.empty(D, **f32)
-    scale = torch.empty(D, **f32)
-    diag = torch.empty(D, **f32)
-    if "stats_split" in cfg:
-        s_chunk = triton.cdiv(triton.cdiv(n, cfg["stats_split"]), cfg["stats_block_k"]) * cfg["stats_block_k"]
-        s_split = triton.cdiv(n, s_chunk)
-    else:
-        s_chunk, s_split = _split(
-            n, triton.cdiv(D, sbc), cfg["stats_block_k"], cfg["target_programs"], cfg["stats_min_chunk"]
-        )
-    off64 = off64 or s_split * D >= 2**31 - 1
-    fused = s_split == 1
-    if fused:
-        pmean = pm2 = mean
-    else:
-        pmean = torch.empty(s_split, D, **f32)
-        pm2 = torch.empty(s_split, D, **f32)
-    _col_stats_kernel[(triton.cdiv(D, sbc), s_split)](
-        x,
-        pmean,
-        pm2,
-        mean,
-        scale,
-        diag,
-        loss_parts,
-        n,
-        D,
-        S,
-        sn,
-        ss,
-        sc,
-        s_chunk,
-        inv_nprime,
-        eps,
-        loss_factor,
-        CORR=correlation,
-        FUSED=fused,
-        DIAG_LOSS=route_n,
-        BLOCK_K=cfg["stats_block_k"],
-        BLOCK_C=sbc,
-        OFF64=off64,
-        num_warps=4,
-    )
-    if not fused:
-        _col_stats_combine_kernel[(triton.cdiv(D, sbc),)](
-            pmean,
-            pm2,
-            mean,
-            scale,
-            diag,
-            loss_parts,
-            n,
-            D,
-            s_chunk,
-            s_split,
-            inv_nprime,
-            eps,
-            loss_factor,
-            CORR=correlation,
-            DIAG_LOSS=route_n,
-            BLOCK_C=sbc,
-            num_warps=4,
-        )
-
-    # ---- 2. Gram matrix (+ P partials, r / diag(K'))
-    gram_parts = loss_parts[n_stat_parts:]
-    if atomic:
-        gram = torch.zeros(G, L, L, **f32)
-    else:
-        gram = torch.empty(G, L, L, device=device, dtype=ddt)
-    r_parts = 0
-    if route_n:
-        kdiag = torch.empty(G, n, **f32)
-        rpart = kdiag  # unused
-    else:
-        kdiag = mean  # unused
-        r_parts = (1 if atomic else T) if correlation else 0
-        rpart = torch.empty(G, r_parts, g, **f32) if correlation else mean
-    _gram_kernel[(n_tri, n_split, G)](
-        x,
-        mean,
-        scale,
-        gram,
-        rpart,
-        kdiag,
-        gram_parts,
-        n,
-        g,
-        S,
-        sn,
-        ss,
-        sc,
-        T,
-        chunk,
-        inv_nprime,
-        loss_factor,
-        ROUTE_N=route_n,
-        CORR=correlation,
-        ATOMIC=atomic,
-        **dots,
-        BLOCK=gb,
-        BLOCK_R=cfg["gram_block_r"],
-        OFF64=off64,
-        num_warps=cfg["gram_warps"],
-        num_stages=ns,
-    )
-    if atomic:
-        _gram_finish_kernel[(triton.cdiv(L, fin_block), G)](
-            gram,
-            rpart,
-            kdiag,
-            gram_parts,
-            L,
-            loss_factor,
-            ROUTE_N=route_n,
-            CORR=correlation,
-            BLOCK=fin_block,
-            BLOCK_C=fin_block,
-            OFF64=off64,
-            num_warps=4,
-        )
-    if grad is None:
-        return loss_parts.sum()
-
-    # ---- 3. gradient (its program 0 also sums the loss partials into `loss`)
-    loss = torch.empty((), **f32)
-    bm, bn = cfg["grad_block_m"], cfg["grad_block_n"]
-    if not route_n:
-        grid = (triton.cdiv(n, bm) * triton.cdiv(g, bn), G)
-        _grad_d_kernel[grid](
-            x,
-            grad,
-            mean,
-            scale,
-            gram,
-            rpart,
-            loss_parts,
-            n_parts,
-            loss,
-            n,
-            g,
-            S,
-            sn,
-            ss,
-            sc,
-            gsn,
-            gss,
-            gsc,
-            r_parts,
-            coef,
-            CORR=correlation,
-            **dots,
-            BLOCK_M=bm,
-            BLOCK_N=bn,
-            BLOCK_J=cfg["grad_block_j"],
-            GROUP_M=cfg["group_m"],
-            OFF64=off64,
-            num_warps=cfg["grad_warps"],
-            num_stages=ns,
-        )
-        return loss
-    row_loop = bool(cfg["kz_row_loop"])
-    tm = triton.cdiv(n, bm)
-    two_pass = correlation and not row_loop
-    rpart_n = torch.empty(tm, D, **f32) if two_pass else mean
-    grid = (triton.cdiv(g, bn) if row_loop else tm * triton.cdiv(g, bn), G)
-    _kz_kernel[grid](
-        x,
-        grad,
-        mean,
-        scale,
-        diag,
-        gram,
-        kdiag,
-        rpart_n,
-        loss_parts,
-        n_parts,
-        loss,
-        n,
-        g,
-        D,
-        S,
-        sn,
-        ss,
-        sc,
-        gsn,
-        gss,
-        gsc,
-        inv_nprime,
-        coef,
-        CORR=correlation,
-        ROW_LOOP=row_loop,
-        SUM_LOSS=not two_pass,
-        **dots,
-        BLOCK_M=bm,
-        BLOCK_F=bn,
-        BLOCK_L=cfg["grad_block_j"],
-        GROUP_M=cfg["group_m"],
-        OFF64=off64,
-        num_warps=cfg["grad_warps"],
-        num_stages=ns,
-    )
-    if two_pass:
-        _finish_n_kernel[(triton.cdiv(n, fin_block), triton.cdiv(D, fin_block))](
-            x,
-            grad,
-            mean,
-            scale,
-            rpart_n,
-            loss_parts,
-            n_parts,
-            loss,
-            n,
-            D,
-            S,
-            sn,
-            ss,
-            sc,
-            gsn,
-            gss,
-            gsc,
-            tm,
-            coef,
-            BLOCK_M=fin_block,
-            BLOCK_C=fin_block,
-            OFF64=off64,
-            num_warps=4,
-        )
-    return loss
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        with torch.cuda.device(device):
+            return _run_plan(plan, x, grad)
+    return _run_plan(plan, x, grad)

@@ -45,6 +45,16 @@ def _triton_and_reference(x, **opts):
     return loss, xt.grad, ref, xr.grad
 
 
+def _forward_with_config(x, config, mode="correlation", reduction="mean", correction=1, groups=1, eps=1e-5):
+    """(loss, grad) of the launcher under ``config`` overrides, and the float64 reference's."""
+    loss, grad = DT._forward(x, mode, reduction, correction, groups, eps, True, config=config)
+    xr = x.detach().to(torch.float64).requires_grad_(True)
+    opts = dict(mode=mode, reduction=reduction, correction=correction, groups=groups, eps=eps)
+    ref = decorrelation_reference(xr, **opts)
+    ref.backward()
+    return loss, grad, ref, xr.grad
+
+
 def _assert_close(x, loss, grad, ref, ref_grad, loss_rtol, grad_rtol):
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert grad.dtype == x.dtype and grad.shape == x.shape
@@ -98,11 +108,21 @@ def test_matches_reference_fp32(shape, groups, mode, reduction, correction):
     ],
 )
 @pytest.mark.parametrize("mode", ["correlation", "covariance"])
-def test_splits_and_small_tiles(monkeypatch, shape, groups, override, mode):
-    monkeypatch.setattr(KERNELS, "CONFIG_OVERRIDE", {**SMALL_TILES, **override})
+def test_splits_and_small_tiles(shape, groups, override, mode):
     x = _data(shape, seed=7)
-    out = _triton_and_reference(x, mode=mode, reduction="sum", groups=groups)
+    out = _forward_with_config(x, {**SMALL_TILES, **override}, mode=mode, reduction="sum", groups=groups)
     _assert_close(x, *out, loss_rtol=1e-5, grad_rtol=2e-5)
+
+
+@pytest.mark.parametrize(
+    "dtype,offset,loss_rtol,grad_rtol", [(torch.float32, 3.0, 1e-5, 2e-5), (torch.bfloat16, 100.0, 3e-2, 3e-2)]
+)
+@pytest.mark.parametrize("override", [dict(), dict(gram_split=2)])
+def test_route_d_gram_with_raw_second_operand(dtype, offset, loss_rtol, grad_rtol, override):
+    # the Gram's second operand straight from memory, centred in the epilogue (acc - colsum * mean)
+    x = _data((70, 45), seed=73, dtype=dtype, offset=offset)
+    out = _forward_with_config(x, {**SMALL_TILES, "raw_b": True, **override}, mode="correlation", groups=1)
+    _assert_close(x, *out, loss_rtol=loss_rtol, grad_rtol=grad_rtol)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "permuted_spatial"])
@@ -203,6 +223,41 @@ def test_opcheck():
     torch.library.opcheck(op, (x4, "correlation", "sum", 1, 1, 1e-5, True))
 
 
+@pytest.mark.parametrize("noise", [1e-2, 1e-3])
+def test_route_n_fp16_strongly_correlated_features(noise):
+    # every feature is one common signal plus a little noise: W = Z Moff reaches (g - 1) |Z| and
+    # nearly cancels against Z r, so W must not be rounded to fp16 before the final step
+    gen = torch.Generator().manual_seed(0)
+    n, g = 16, 256
+    common = torch.randn(n, 1, generator=gen, dtype=torch.float64)
+    x = (common + noise * torch.randn(n, g, generator=gen, dtype=torch.float64) + 5.0).to(torch.float16)
+    loss, grad, ref, ref_grad = _triton_and_reference(x, mode="correlation", reduction="sum")
+    assert torch.isfinite(grad).all()
+    _assert_close(x, loss, grad, ref, ref_grad, loss_rtol=1e-3, grad_rtol=2e-3)
+
+
+def test_launch_plan_is_cached_per_key(monkeypatch):
+    KERNELS.clear_plan_cache()
+    calls = []
+    select = KERNELS.select_config
+    monkeypatch.setattr(KERNELS, "select_config", lambda *a, **k: calls.append(a) or select(*a, **k))
+    x = _data((20, 9), seed=59)
+    first = DT._forward(x, "correlation", "mean", 1, 1, 1e-5, True)
+    second = DT._forward(x, "correlation", "mean", 1, 1, 1e-5, True)
+    assert len(calls) == 1
+    torch.testing.assert_close(first[0], second[0], rtol=0, atol=0)
+    torch.testing.assert_close(first[1], second[1], rtol=0, atol=0)
+    DT._forward(x[:, :8], "correlation", "mean", 1, 1, 1e-5, True)  # other shape and strides: a new plan
+    DT._forward(x, "correlation", "mean", 1, 1, 1e-5, True, config=dict(gram_block=16))  # other config
+    DT._forward(x, "covariance", "mean", 1, 1, 1e-5, True)  # other mode
+    assert len(calls) == 4
+
+
+def test_unknown_config_key_is_refused():
+    with pytest.raises(ValueError, match="gram_blok"):
+        DT._forward(_data((10, 4), seed=61), "correlation", "mean", 1, 1, 1e-5, True, config=dict(gram_blok=16))
+
+
 class _TinyModel(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -275,23 +330,25 @@ _SM90_CHILD = textwrap.dedent("""
         dots = dict(DOT_DTYPE=dot, PRECISION=prec, CAST_FP32=False)
         for route_n in (False, True):
             br = 32 if route_n or x == "*fp32" else 64
+            raw_b = x == "*bf16" and not route_n
             build(K._col_stats_kernel, {"x_ptr": x},
                   dict(CORR=True, FUSED=True, DIAG_LOSS=route_n, BLOCK_K=64, BLOCK_C=64, OFF64=False), 4)
             build(K._gram_kernel, {"x_ptr": x, "out_ptr": x},
-                  dict(ROUTE_N=route_n, CORR=True, ATOMIC=False, BLOCK=128, BLOCK_R=br, OFF64=False, **dots), 8)
+                  dict(ROUTE_N=route_n, CORR=True, ATOMIC=False, BLOCK=128, BLOCK_R=br, RAW_B=raw_b, NUM_STAGES=3,
+                       OFF64=False, **dots), 8)
             build(K._gram_kernel, {"x_ptr": x},
-                  dict(ROUTE_N=route_n, CORR=True, ATOMIC=True, BLOCK=64, BLOCK_R=br, OFF64=True, **dots), 4)
+                  dict(ROUTE_N=route_n, CORR=True, ATOMIC=True, BLOCK=64, BLOCK_R=br, RAW_B=False, NUM_STAGES=3,
+                       OFF64=True, **dots), 4)
             build(K._gram_finish_kernel, {}, dict(ROUTE_N=route_n, CORR=True, BLOCK=64, BLOCK_C=64, OFF64=False), 4)
             count += 4
         build(K._col_stats_combine_kernel, {}, dict(CORR=True, DIAG_LOSS=True, BLOCK_C=64), 4)
         build(K._grad_d_kernel, {"x_ptr": x, "grad_ptr": x, "m_ptr": x},
               dict(CORR=True, BLOCK_M=128, BLOCK_N=128, BLOCK_J=32 if x == "*bf16" else 16, GROUP_M=8,
-                   OFF64=False, **dots), 8)
-        for row_loop in (True, False):
+                   NUM_STAGES=3, OFF64=False, **dots), 8)
+        for row_loop, pass_ in ((True, 1), (False, 0), (False, 1)):
             build(K._kz_kernel, {"x_ptr": x, "grad_ptr": x, "k_ptr": x},
-                  dict(CORR=True, ROW_LOOP=row_loop, SUM_LOSS=row_loop, BLOCK_M=64, BLOCK_F=128,
-                       BLOCK_L=64 if x == "*bf16" else 32, GROUP_M=8, OFF64=False, **dots), 8)
-        build(K._finish_n_kernel, {"x_ptr": x, "grad_ptr": x}, dict(BLOCK_M=64, BLOCK_C=64, OFF64=False), 4)
+                  dict(CORR=True, ROW_LOOP=row_loop, PASS=pass_, SUM_LOSS=pass_ == 1, BLOCK_M=64, BLOCK_F=128,
+                       BLOCK_L=64 if x == "*bf16" else 32, GROUP_M=8, NUM_STAGES=3, OFF64=False, **dots), 8)
         count += 5
     print("compiled", count)
 """)
@@ -369,3 +426,38 @@ def test_cuda_no_host_sync(cuda_device):
 @pytest.mark.cuda
 def test_cuda_compile_fullgraph_inductor(cuda_device):
     _compile_matches_eager("inductor", cuda_device)
+
+
+@pytest.mark.cuda
+def test_cuda_graph_capture(cuda_device):
+    x = _data((256, 512), seed=67, device=cuda_device).requires_grad_(True)
+    opts = dict(backend="triton", mode="correlation")
+    for _ in range(2):  # compile the kernels and build the plan outside the capture
+        x.grad = None
+        sdecor.decorrelation_loss(x, **opts).backward()
+    expected = x.grad.clone()
+    static_loss = sdecor.decorrelation_loss(x, **opts).detach()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        graph = torch.cuda.CUDAGraph()
+        x.grad = None
+        with torch.cuda.graph(graph):
+            loss = sdecor.decorrelation_loss(x, **opts)
+            loss.backward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert loss.item() == pytest.approx(static_loss.item(), rel=1e-6)
+    torch.testing.assert_close(x.grad, expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.cuda
+def test_cuda_second_device(cuda_device):
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two GPUs")
+    x = _data((300, 96), seed=71, device="cuda:1")
+    assert torch.cuda.current_device() == 0
+    loss, grad, ref, ref_grad = _triton_and_reference(x, mode="correlation")
+    assert grad.device == x.device
+    _assert_close(x, loss, grad, ref, ref_grad, loss_rtol=1e-5, grad_rtol=1e-4)

@@ -1,8 +1,10 @@
 """Triton backend of the decorrelation penalty: the fused kernels behind a torch.library op.
 
 The kernels (``sdecor.kernels.decorrelation``) return the penalty and write dP/dX in the same
-forward pass; backward only multiplies that saved gradient by ``grad_output`` (no host sync
-anywhere: the loss is a device tensor, nothing calls ``.item()``).
+forward pass; backward only scales that gradient by ``grad_output`` (no host sync anywhere: the
+loss is a device tensor, nothing calls ``.item()``). Eager calls hand the forward's gradient
+buffer itself to backward, scaled in place, so no second N x D tensor is made; differentiating
+the same graph a second time (``retain_graph=True``) then raises ``RuntimeError``.
 
 ``torch.ops.sdecor.decorrelation_fused(x, mode, reduction, correction, groups, eps, need_grad)``
 returns ``(loss, grad)``: loss a 0-dim float32 tensor; grad dP/dX in x's dtype, shape and (for
@@ -69,7 +71,17 @@ def _ncs_view(t: torch.Tensor):
     return (t.shape[0], t.shape[1], S), (t.stride(0), t.stride(1), dims[-1][1] if dims else 0)
 
 
-def _forward(x: torch.Tensor, mode: str, reduction: str, correction: int, groups: int, eps: float, need_grad: bool):
+def _forward(
+    x: torch.Tensor,
+    mode: str,
+    reduction: str,
+    correction: int,
+    groups: int,
+    eps: float,
+    need_grad: bool,
+    config: dict | None = None,
+):
+    """(loss, grad) of ``x``; ``config`` is passed to the kernels' launcher (tile overrides)."""
     view = _ncs_view(x)
     src = x
     if view is None:
@@ -93,6 +105,7 @@ def _forward(x: torch.Tensor, mode: str, reduction: str, correction: int, groups
         correction=correction,
         groups=groups,
         eps=eps,
+        config=config,
     )
     if target is not None and target is not grad:
         grad.copy_(target)
@@ -143,23 +156,38 @@ def _backward(ctx, grad_loss, _unused):
 decorrelation_fused.register_autograd(_backward, setup_context=_setup_context)
 
 
+_CONSUMED = (
+    "sdecor.decorrelation_loss(backend='triton') was differentiated twice through the same forward "
+    "(retain_graph=True): the gradient made in the forward pass is handed to the first backward "
+    "(scaled in place, so that no second copy is allocated). Call the loss again for a second backward, "
+    "or use backend='reference'."
+)
+
+
 class _EagerFused(torch.autograd.Function):
     """Eager twin of the custom op's autograd formula (same ``_forward``), without the
     torch.library dispatch overhead (about 100 us a call on a small CPU), which dominates the
-    small problems; torch.compile and export trace the custom op instead."""
+    small problems; torch.compile and export trace the custom op instead.
+
+    The gradient made in the forward pass is held on ``ctx`` (not saved for backward) and
+    backward hands that very buffer over, scaled in place by grad_output: no second N x D
+    tensor exists at any time. A second backward through the same graph raises RuntimeError."""
 
     @staticmethod
     def forward(ctx, x, mode, reduction, correction, groups, eps):
         loss, grad = _forward(x, mode, reduction, correction, groups, eps, True)
-        ctx.save_for_backward(grad)
+        ctx.grad = grad
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         if torch.is_grad_enabled():
             raise RuntimeError(_DOUBLE_BACKWARD)
-        (grad,) = ctx.saved_tensors
-        return grad * grad_loss, None, None, None, None, None
+        grad = ctx.grad
+        if grad is None:
+            raise RuntimeError(_CONSUMED)
+        ctx.grad = None
+        return grad.mul_(grad_loss), None, None, None, None, None
 
 
 def decorrelation_triton(x, *, mode, reduction, correction, groups, eps):
