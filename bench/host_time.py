@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     import torch
 
     import sdecor
-    from sdecor.ops import decorrelation_triton as DT
+    from sdecor.ops.decorrelation import triton as DT
 
     K = DT._kernels
     launches = [0]

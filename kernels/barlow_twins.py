@@ -40,12 +40,9 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["barlow_twins_forward_backward", "select_config", "INTERPRET", "CONFIG_OVERRIDE"]
+__all__ = ["barlow_twins_forward_backward", "select_config", "INTERPRET"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-# Entries merged over select_config()'s choice on every call (tests force small tiles with it).
-CONFIG_OVERRIDE: dict = {}
 
 
 @triton.jit
@@ -451,7 +448,6 @@ def select_config(n: int, D: int, dtype: torch.dtype, interpret: bool = INTERPRE
             num_warps=4,
             num_stages=3,
         )
-    cfg.update(CONFIG_OVERRIDE)
     return cfg
 
 
@@ -467,14 +463,21 @@ def barlow_twins_forward_backward(
     lambd: float,
     eps: float,
     route: str | None = None,
+    config: dict | None = None,
 ) -> torch.Tensor:
     """Loss of (n, D) views ``z1``, ``z2`` (same shape, dtype and device; any strides); writes
     dL/dZ1, dL/dZ2 into ``grad1``, ``grad2`` (same shape as the views, any strides) unless they
     are None. ``route`` forces "D" or "N" (tests); by default "D" when n >= D, else "N".
-    Returns a 0-dim float32 tensor."""
+    ``config`` overrides entries of :func:`select_config`'s choice for this call (a key it does
+    not have raises ``ValueError``). Returns a 0-dim float32 tensor."""
     n, D = z1.shape
     dev = z1.device
     cfg = select_config(n, D, z1.dtype)
+    if config:
+        unknown = sorted(set(config) - set(cfg))
+        if unknown:
+            raise ValueError(f"config has unknown keys {unknown}; known: {sorted(cfg)}")
+        cfg.update(config)
     route = route or ("D" if n >= D else "N")
     f32 = dict(dtype=torch.float32, device=dev)
     inv_n = 1.0 / n

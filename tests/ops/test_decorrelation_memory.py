@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import sdecor
-from sdecor.ops import decorrelation_triton as DT
+from sdecor.ops.decorrelation import triton as DT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 try:
     import memory_check
 finally:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "compile_check.py"
 DOT_KERNELS = {"gram_kernel", "grad_d_kernel", "kz_kernel"}
 
