@@ -237,9 +237,10 @@ def _gram_kernel(
     off = p.to(tl.int64)[:, None] * n + q[None, :]
     tl.store(ka_ptr + off, ka, mask=mask)
     tl.store(kb_ptr + off, kb, mask=mask)
-    off_t = q.to(tl.int64)[None, :] * n + p[:, None]  # the mirrored tile (rewrites the same values on the diagonal)
-    tl.store(ka_ptr + off_t, ka, mask=mask)
-    tl.store(kb_ptr + off_t, kb, mask=mask)
+    if pid_p != pid_q:  # the mirrored tile (a diagonal tile holds both halves already)
+        off_t = q.to(tl.int64)[None, :] * n + p[:, None]
+        tl.store(ka_ptr + off_t, ka, mask=mask)
+        tl.store(kb_ptr + off_t, kb, mask=mask)
     weight = tl.where(pid_p == pid_q, 1.0, 2.0) * lambd * inv_n * inv_n
     tl.store(loss_part_ptr + part0 + pid, weight * tl.sum(tl.sum(ka * kb, axis=1), axis=0))
 
