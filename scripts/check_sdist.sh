@@ -4,8 +4,9 @@
 #
 #   bash scripts/check_sdist.sh            (run from anywhere; exit 0 when every check passes)
 #
-# 1. `python -m build --sdist --no-isolation`; every file git tracks under csrc/ and kernels/ must
-#    be in the tarball.
+# 1. `python -m build --sdist --no-isolation` (with SDECOR_NO_EXTENSION=1, which skips importing
+#    torch: the sdist's files come from MANIFEST.in and the packages, not from the extension
+#    list); every file git tracks under csrc/ and kernels/ must be in the tarball.
 # 2. A fresh venv with torch (TORCH_SPEC, default torch==2.13.0: a local wheel where one is on
 #    pip's find-links), setuptools and wheel.
 # 3. The sdist installed with a compiler that fails (CC=false CXX=false): the install must succeed
