@@ -55,7 +55,7 @@ check() {
 }
 
 step "3/4 install with a failing compiler (CC=false CXX=false): must warn and install the Python package"
-CC=false CXX=false "$VPY" -m pip install --no-build-isolation "$SDIST" >"$WORK/install-nocc.log" 2>&1 || {
+CC=false CXX=false "$VPY" -m pip install -v --no-build-isolation "$SDIST" >"$WORK/install-nocc.log" 2>&1 || {
   tail -n 30 "$WORK/install-nocc.log"
   echo "check_sdist: FAILED: the install aborted when the extension could not be built"
   exit 1
@@ -78,7 +78,7 @@ print('    pure-Python install: sdecor', sdecor.__file__, '- mask_features on th
 "
 
 step "4/4 install with the compiler (builds sdecor._C)"
-"$VPY" -m pip install --no-build-isolation --no-deps --force-reinstall "$SDIST" >"$WORK/install.log" 2>&1 || {
+"$VPY" -m pip install -v --no-build-isolation --no-deps --force-reinstall "$SDIST" >"$WORK/install.log" 2>&1 || {
   tail -n 30 "$WORK/install.log"
   exit 1
 }

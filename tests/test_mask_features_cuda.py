@@ -20,8 +20,6 @@ from sdecor.ops import _extension, mask_features
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
-pytestmark = pytest.mark.cuda
-
 
 @pytest.fixture
 def dev():
@@ -103,6 +101,7 @@ def tied(shape, dtype, seed=0, levels=3):
     return torch.where((s == 0) & (torch.rand(shape, generator=g) < 0.5), torch.tensor(-0.0, dtype=dtype), s)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("pixel", [True, False])
 def test_masks_equal_cpu_and_fills_match_the_model(dev, dtype, pixel):
@@ -128,6 +127,7 @@ def test_masks_equal_cpu_and_fills_match_the_model(dev, dtype, pixel):
                 assert torch.equal(out.cpu(), expected_uniform_fill(x, ref_mask, seed, offset)), (k, largest)
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize(
     ("B", "F"),
     [
@@ -150,6 +150,7 @@ def test_select_sizes_equal_reference(dev, B, F):
         assert torch.equal(got, mask_select_reference(s, k, largest))
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("shape", [(1, 1, 3_000_000), (2, 3, 224, 224), (64, 3, 32, 32), (7, 100)])
 def test_fill_sizes_match_the_model(dev, shape):
     """Fused path and, for (1, 1, 3e6) (more blocks per sample than fit at once), the fallback."""
@@ -161,6 +162,7 @@ def test_fill_sizes_match_the_model(dev, shape):
     assert torch.equal(out.cpu(), expected_uniform_fill(x, mask, seed, offset))
 
 
+@pytest.mark.cuda
 def test_nan_in_x_propagates_to_its_channel(dev):
     x = torch.randn(2, 3, 8, 8, device=dev)
     x[1, 2, 3, 3] = float("nan")
@@ -169,6 +171,7 @@ def test_nan_in_x_propagates_to_its_channel(dev):
     assert torch.isnan(out[1, 2]).all() and not torch.isnan(out[0]).any() and not torch.isnan(out[1, :2]).any()
 
 
+@pytest.mark.cuda
 def test_generator_repeatability_and_gradient(dev):
     x = torch.randn(4, 3, 16, 16, device=dev, requires_grad=True)
     s = torch.rand(4, 16, 16, device=dev)
@@ -180,6 +183,7 @@ def test_generator_repeatability_and_gradient(dev):
     assert torch.equal(x.grad, (~mask).unsqueeze(1).float().expand_as(x))
 
 
+@pytest.mark.cuda
 def test_no_host_synchronisation(dev):
     x = torch.randn(8, 3, 32, 32, device=dev)
     s = torch.rand(8, 32, 32, device=dev)
@@ -196,6 +200,7 @@ def test_no_host_synchronisation(dev):
     torch.cuda.synchronize()
 
 
+@pytest.mark.cuda
 def test_opcheck(dev):
     from torch.library import opcheck
 
@@ -206,6 +211,7 @@ def test_opcheck(dev):
     opcheck(torch.ops.sdecor.mask_fill_random.default, (x, mask, None), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize(
     ("code", "message"),
     [

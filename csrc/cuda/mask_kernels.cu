@@ -38,7 +38,7 @@ namespace {
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kSelectBlock = 256;         // staged select
 constexpr int kSelectFallbackBlock = 512;  // one block per sample, reads global memory per pass
-constexpr int kSelectSmemBytes = 48 * 1024;  // staged keys per block (no opt-in needed)
+constexpr int kSelectSmemBytes = 40 * 1024;  // staged keys per block (under the 48 KiB needing no opt-in)
 constexpr int kSelectMinTile = 4 * kSelectBlock;  // keys per block at least, when splitting rows
 constexpr int kFillBlock = 256;
 // elements of x per thread, kept in registers between the range and the write

@@ -9,7 +9,7 @@
 // B x C x S elements, e = element size of x / saliency in bytes). The minimum is x and saliency
 // read once, the output and the mask written once.
 //
-//   mask_select, staged (every row of up to capacity x tile keys):  B*F*e read + B*F written
+//   mask_select, staged (rows of up to co-resident blocks x 10240 32-bit keys):  B*F*e read + B*F written
 //       = the minimum; plus workspace traffic in L2: per sample and radix pass at most
 //       T x 256 histogram atomics and T x 1 KiB histogram reads (T = blocks per sample).
 //   mask_select, fallback (rows too long to stage): (passes + 1) * B*F*e read + B*F written
