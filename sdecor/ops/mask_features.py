@@ -316,9 +316,6 @@ def _register_library_formulas() -> None:
         grad_x = grad.masked_fill(mask_view_for(ctx.x_shape, mask), 0)
         return grad_x, None, None
 
+    # both ops take (x, mask, u or generator): the same formula
     torch.library.register_autograd("sdecor::mask_fill_uniform", _backward, setup_context=_setup)
-
-    def _backward_random(ctx, grad):
-        return _backward(ctx, grad)[:2] + (None,)
-
-    torch.library.register_autograd("sdecor::mask_fill_random", _backward_random, setup_context=_setup)
+    torch.library.register_autograd("sdecor::mask_fill_random", _backward, setup_context=_setup)
