@@ -2,7 +2,7 @@
 
     python scripts/gpu_targets.py OUT_DIR [--device cuda|cpu] [--quick] [--suites decorrelation,masking,train]
 
-Runs the settings of the targets (``sdecor.benchmarks.targets.target_settings``) through the
+Runs the settings of the targets (``target_settings`` of ``bench/targets.py``) through the
 benchmark runner's measurement, and after every measured group rewrites, atomically,
 ``OUT_DIR/targets.json`` (the runner's results format: ``bench/targets.py`` and ``--merge`` read
 it), ``OUT_DIR/targets-results.md`` (the runner's tables) and ``OUT_DIR/targets.md`` (the targets
@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a source checkout without installing
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):  # the source checkout, and bench/targets.py (the target checker)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -39,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import importlib
 
+    import targets  # bench/targets.py
     import torch
 
-    from sdecor.benchmarks import runner, targets
+    from sdecor.benchmarks import runner
 
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     out = Path(args.out)

@@ -481,7 +481,7 @@ def test_cuda_matches_reference(dtype, pixel, largest):
                 )
                 got = mask_features(x, s, k, largest=largest, fill=fill, generator=gen(device="cuda"), backend="cuda")
                 assert torch.equal(ref[1], got[1]), k
-                if fill != "uniform":  # uniform: the CUDA kernel draws its own (tests/test_mask_features_cuda.py)
+                if fill != "uniform":  # uniform: the kernel draws its own (test_mask_features_cuda.py)
                     assert torch.equal(ref[0], got[0]), (k, fill)
 
 

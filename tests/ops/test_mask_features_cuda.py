@@ -7,7 +7,7 @@ from the CPU op's; they are compared with a NumPy model of the same draws instea
 
 from __future__ import annotations
 
-import os
+import pathlib
 import subprocess
 import sys
 
@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from sdecor.ops import _extension, mask_features
+from sdecor.ops.masking import extension as _extension
+from sdecor.ops.masking.dispatch import mask_features
+from sdecor.ops.masking.reference import mask_select_reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(pathlib.Path(__file__).resolve().parents[2])  # the repository root
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -138,8 +140,6 @@ def test_masks_equal_cpu_and_fills_match_the_model(dev, dtype, pixel):
     ],
 )
 def test_select_sizes_equal_reference(dev, B, F):
-    from sdecor.ops.mask_features_reference import mask_select_reference
-
     g = torch.Generator(device=dev).manual_seed(B)
     s = torch.rand(B, F, device=dev, generator=g)
     s[B // 2 :] = torch.floor(s[B // 2 :] * 7)  # heavy ties in half of the rows
