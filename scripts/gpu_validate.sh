@@ -118,8 +118,9 @@ EOF
 fi
 
 # ---- 2. tests: one process per file; those that need no extension start now
-NEED_EXT="tests/test_mask_features.py tests/test_mask_features_cuda.py tests/test_ranked_masking.py tests/test_metrics.py tests/test_train.py"
-mapfile -t CUDA_FILES < <(grep -l "mark.cuda" tests/test_*.py)
+NEED_EXT="tests/ops/test_mask_features.py tests/ops/test_mask_features_cuda.py tests/ops/test_ranked_masking.py"
+NEED_EXT+=" tests/metrics/test_metrics.py tests/train/test_train.py"
+mapfile -t CUDA_FILES < <(grep -rl --include='test_*.py' "mark.cuda" tests | sort)
 declare -A TEST_PID=() TEST_T0=()
 start_tests() {  # start_tests FILE...: one background pytest per file
   local f name
