@@ -66,7 +66,7 @@ grep -q "WARNING: sdecor: sdecor._C" "$WORK/install-nocc.log" || {
 }
 check "
 import warnings, torch, sdecor
-from sdecor.ops import _extension
+from sdecor.ops.masking import extension as _extension
 with warnings.catch_warnings(record=True) as w:
     warnings.simplefilter('always')
     assert not _extension.available(), 'sdecor._C loaded although its build failed'
@@ -89,7 +89,8 @@ if grep -q "WARNING: sdecor:" "$WORK/install.log"; then
 fi
 check "
 import torch, sdecor
-from sdecor.ops import _extension, mask_features
+from sdecor.ops import mask_features
+from sdecor.ops.masking import extension as _extension
 assert _extension.has_cpu(), _extension.load_error()
 x, s = torch.randn(3, 3, 9, 7), torch.rand(3, 9, 7)
 out, mask = mask_features(x, s, 0.4, backend='cpp', generator=torch.Generator().manual_seed(0))

@@ -100,7 +100,7 @@ command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.tota
 BUILD_T0=$(date +%s)
 BUILD_LIMIT=$(limit 300)
 if [ "$DRY" = 1 ]; then
-  echo "dry run: no build; the extension in place: $("$PY" -c 'from sdecor.ops import _extension as e; print(e.available())' 2>&1 | tail -n 1)" >"$RUN/logs/build.log"
+  echo "dry run: no build; the extension in place: $("$PY" -c 'from sdecor.ops.masking import extension as e; print(e.available())' 2>&1 | tail -n 1)" >"$RUN/logs/build.log"
   BUILD_PID=
 else
   (
@@ -108,7 +108,7 @@ else
       "$PY" -m pip install --no-deps --no-build-isolation -v -e . >"$RUN/logs/build.log" 2>&1 || exit $?
     "$PY" - >>"$RUN/logs/build.log" 2>&1 <<'EOF'
 import torch
-from sdecor.ops import _extension
+from sdecor.ops.masking import extension as _extension
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
 assert _extension.has_cuda(), "sdecor._C has no CUDA kernels: " + str(_extension.load_error())
 print("sdecor._C loaded with its CUDA kernels")
