@@ -35,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="folder for targets.json, targets-results.md and targets.md")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--quick", action="store_true", help="the small stand-in settings (CPU dry run)")
-    parser.add_argument("--suites", default="decorrelation,masking,train", help="comma-separated suites, in order")
+    parser.add_argument(
+        "--suites",
+        default="masking,train,decorrelation",
+        help="comma-separated suites, in the order measured (default: the one-group suites first)",
+    )
     args = parser.parse_args(argv)
 
     import importlib

@@ -11,7 +11,8 @@
 #             compiles in parallel: the files that do not need the extension start at once,
 #             beside the build; the masking files (and the rest) once the build is done
 #             (tests.log: every process's log, in file order).
-# 3. targets  the target settings (scripts/gpu_targets.py): each group's result is written to
+# 3. targets  the target settings (scripts/gpu_targets.py; masking and train first, one group each,
+#             then decorrelation's eight): each group's result is written to
 #             targets.json (the runner's results format), targets-results.md and targets.md (the
 #             targets table) as soon as it is measured.
 # No tuning sweep. Everything is copied to "$OUT" after every step and every 15 s while one runs,
@@ -56,13 +57,13 @@ publish() {
     for f in "${logs[@]}"; do
       echo "===== $(basename "$f" .log)"
       cat "$f"
-    done >"$OUT/tests.log.tmp" && mv "$OUT/tests.log.tmp" "$OUT/tests.log"
+    done >"$OUT/.tests.log.$BASHPID" && mv -f "$OUT/.tests.log.$BASHPID" "$OUT/tests.log"
   fi
   local f
   for f in targets.json targets-results.md targets.md; do
     [ -f "$RUN/targets/$f" ] && cp "$RUN/targets/$f" "$OUT/$f"
   done
-  tar -czf "$OUT/logs.tar.gz.tmp" -C "$RUN" . 2>/dev/null && mv "$OUT/logs.tar.gz.tmp" "$OUT/logs.tar.gz"
+  tar -czf "$OUT/.logs.tar.gz.$BASHPID" -C "$RUN" . 2>/dev/null && mv -f "$OUT/.logs.tar.gz.$BASHPID" "$OUT/logs.tar.gz"
   return 0
 }
 
@@ -122,12 +123,16 @@ NEED_EXT="tests/ops/test_mask_features.py tests/ops/test_mask_features_cuda.py t
 NEED_EXT+=" tests/metrics/test_metrics.py tests/train/test_train.py"
 mapfile -t CUDA_FILES < <(grep -rl --include='test_*.py' "mark.cuda" tests | sort)
 declare -A TEST_PID=() TEST_T0=()
-start_tests() {  # start_tests FILE...: one background pytest per file
+start_tests() {  # start_tests FILE...: one background pytest per file; its exit status and end time to files
   local f name
   for f in "$@"; do
     name=tests-$(basename "$f" .py)
     TEST_T0[$f]=$(date +%s)
-    timeout -k 10 "$(limit 360)" "$PY" -m pytest -v -m cuda -p no:cacheprovider "$f" >"$RUN/logs/$name.log" 2>&1 &
+    (
+      timeout -k 10 "$(limit 360)" "$PY" -m pytest -v -m cuda -p no:cacheprovider "$f" >"$RUN/logs/$name.log" 2>&1
+      echo $? >"$RUN/logs/$name.rc"
+      date +%s >"$RUN/logs/$name.end"
+    ) &
     TEST_PID[$f]=$!
   done
 }
@@ -153,11 +158,11 @@ publish
 start_tests "${LATE[@]}"
 for f in "${CUDA_FILES[@]}"; do
   wait "${TEST_PID[$f]}"
-  rc=$?
-  log="$RUN/logs/tests-$(basename "$f" .py).log"
-  counts=$(tail -n 1 "$log" | sed 's/=//g; s/^ *//; s/ *$//')
-  status "tests $(basename "$f")" "$rc" $(($(date +%s) - ${TEST_T0[$f]})) "-"
-  echo "    $counts" | tee -a "$SUMMARY"
+  base="$RUN/logs/tests-$(basename "$f" .py)"
+  rc=$(cat "$base.rc" 2>/dev/null || echo 1)
+  end=$(cat "$base.end" 2>/dev/null || date +%s)
+  status "tests $(basename "$f")" "$rc" $((end - ${TEST_T0[$f]})) "-"
+  echo "    $(tail -n 1 "$base.log" | sed 's/=//g; s/^ *//; s/ *$//')" | tee -a "$SUMMARY"
 done
 publish
 
