@@ -221,15 +221,16 @@ def test_opcheck(dev):
 )
 def test_device_side_checks(dev, code, message):
     """NaN saliency and out-of-range k tensors on CUDA fail as a device-side assertion, which
-    surfaces at the next synchronising call (here: torch.cuda.synchronize())."""
+    surfaces at the next synchronising call (torch.cuda.synchronize() here) or, when the failure
+    is already known by then, at the next launch (the fill kernel's)."""
     script = (
         "import torch\n"
         "from sdecor.ops import mask_features\n"
         "s = torch.rand(2, 64, device='cuda')\n"
         "k = torch.tensor([1, 2], device='cuda')\n"
         f"{code}\n"
-        "mask_features(torch.randn(2, 64, device='cuda'), s, k, backend='cuda')\n"
-        "try:\n"
+        "try:\n"  # the fill's launch may already see the select kernel's failure
+        "    mask_features(torch.randn(2, 64, device='cuda'), s, k, backend='cuda')\n"
         "    torch.cuda.synchronize()\n"
         "except RuntimeError as exc:\n"
         "    print('raised:', exc)\n"
