@@ -5,7 +5,8 @@
 // Neither op synchronises with the host. Shapes, dtypes and devices are checked here; the values
 // the host cannot see without a synchronisation (k in [0, F], no NaN in the saliency) are checked
 // by the select kernel, as a device-side assertion: the error surfaces at the next synchronising
-// call (e.g. .item(), .cpu(), torch.cuda.synchronize()) and leaves the CUDA context unusable.
+// call (e.g. .item(), .cpu(), torch.cuda.synchronize()) or checked kernel launch (possibly the
+// fill's, in the same mask_features call), and leaves the CUDA context unusable.
 // Every kernel launch is checked (C10_CUDA_CHECK on the status the launcher returns, which is
 // cudaGetLastError after each launch).
 #include <ATen/ATen.h>

@@ -54,8 +54,8 @@ constexpr uint64_t kSdecorPhiloxIncrement = 4;
 // mask[b, i] = 1 for the k[b] positions i of row b of the (B, F) saliency whose (value, i) pairs
 // rank lowest (largest: highest value, ties still to the lower index); -0.0 ties +0.0.
 // Requires 0 <= k[b] <= F < 2^32 and no NaN in saliency: both are checked on the device, and a
-// violation is a device-side assertion (the error surfaces at the next synchronising call, and
-// the CUDA context is unusable after it). Radix select (8-bit digits) over order-preserving keys
+// violation is a device-side assertion (the error surfaces at the next synchronising call or
+// checked launch, and the CUDA context is unusable after it). Radix select (8-bit digits) over order-preserving keys
 // (16-bit for float16/bfloat16, 32-bit for float32, 64-bit for float64), then one pass that
 // breaks ties among keys equal to the k-th by a prefix count in index order.
 // workspace: sdecor_mask_select_workspace_bytes(...) bytes (zeroed here).

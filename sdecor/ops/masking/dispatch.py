@@ -17,7 +17,7 @@ are computed by the same torch expression everywhere):
   channel range, then the output, with the uniform draws made inside the kernel from the
   generator's Philox seed and offset). No host synchronisation: NaN saliency and k tensors on
   the GPU outside [0, F] are checked on the device, as a device-side assertion that surfaces at
-  the next synchronising call and leaves the CUDA context unusable. Masks equal the other
+  the next synchronising call (or checked kernel launch) and leaves the CUDA context unusable. Masks equal the other
   backends'; "uniform" fill values differ from theirs (other draws, the same distribution).
 * ``"auto"``: cuda for CUDA tensors when built, cpp for CPU tensors when built, reference otherwise.
 
@@ -117,7 +117,8 @@ def mask_features(
             negative or above the saliency elements per sample; a fraction outside [0, 1]; a k
             tensor of the wrong length; an unknown fill string; a fill tensor that does not
             broadcast to x; an unknown backend or one that cannot run here.
-        RuntimeError (CUDA, "cuda" backend, at the next synchronising call): a device-side
+        RuntimeError (CUDA, "cuda" backend, at the next synchronising call or checked kernel
+            launch, possibly this call's fill): a device-side
             assertion for saliency containing NaN or a k tensor on the GPU with a count outside
             [0, F] (these are checked on the device, without a host synchronisation).
     """
