@@ -15,12 +15,13 @@
 //   mask_select, fallback (rows too long to stage): (passes + 1) * B*F*e read + B*F written
 //       (passes: at most 4 for 32-bit keys, 2 for 16-bit, 8 for 64-bit; fewer when a digit
 //       bucket resolves the count early).
-//   mask_fill_random, fused (every sample's C*S elements fit the co-resident blocks):
-//       B*C*S*e read (x) + B*C*S*e written (out) + mask read once per element (B*C*S bytes,
-//       element mode, = the minimum) or once per channel (pixel mode: B*S bytes from DRAM, the
-//       C - 1 other channel blocks of a tile run next to each other and read it from L2);
-//       plus workspace: 2 atomics per block and a memset of B*C*2 keys.
+//   mask_fill_random, fused (every sample's C x ceil(S / tile) blocks fit on the GPU at once;
+//       tile = 4096 elements, 2048 for float64): B*C*S*e read (x) + B*C*S*e written (out), plus
+//       the mask read back once (B*C*S bytes in element mode; B*S from DRAM in pixel mode, where
+//       the C channel blocks of a tile run next to each other and C - 1 of them read it from L2)
+//       and a memset of B*C*2 range keys; no uniform draws in memory.
 //   mask_fill_random, fallback (larger samples): x is read twice (range pass, then fill pass).
+//   At B = 256, 3 x 224 x 224 float32, pixel saliency: 385.4 MB against the minimum 372.5 MB.
 #pragma once
 
 #include <cuda_runtime.h>
