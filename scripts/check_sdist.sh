@@ -4,18 +4,18 @@
 #
 #   bash scripts/check_sdist.sh            (run from anywhere; exit 0 when every check passes)
 #
-# 1. `python -m build --sdist --no-isolation` (with SDECOR_NO_EXTENSION=1, which skips importing
-#    torch: the sdist's files come from MANIFEST.in and the packages, not from the extension
-#    list); every file git tracks under csrc/ and kernels/ must be in the tarball.
-# 2. A fresh venv with torch (TORCH_SPEC, default torch==2.13.0: a local wheel where one is on
-#    pip's find-links), setuptools and wheel.
+# 1. A fresh venv with torch (TORCH_SPEC, default torch==2.13.0: a local wheel where one is on
+#    pip's find-links), setuptools, wheel and build.
+# 2. `python -m build --sdist --no-isolation` in it (with SDECOR_NO_EXTENSION=1, which skips
+#    importing torch: the sdist's files come from MANIFEST.in and the packages, not from the
+#    extension list); every file git tracks under csrc/ and kernels/ must be in the tarball.
 # 3. The sdist installed with a compiler that fails (CC=false CXX=false): the install must succeed
 #    with a warning, `import sdecor` work without sdecor._C, and mask_features run its reference.
 # 4. The sdist installed again with the real compiler: sdecor._C must load and mask_features run
 #    through its compiled ops (backend="cpp"), agreeing with the reference on the mask.
 #
-# Environment: PYTHON (interpreter that builds the sdist and the venv; default python3; it needs
-# the `build` and `setuptools` packages), TORCH_SPEC, SDECOR_SDIST_KEEP=1 keeps the work folder.
+# Environment: PYTHON (the interpreter that makes the venv; default python3), TORCH_SPEC,
+# SDECOR_SDIST_KEEP=1 keeps the work folder (/tmp/sdecor-sdist.*).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -26,8 +26,16 @@ WORK=$(mktemp -d /tmp/sdecor-sdist.XXXXXX)
 T0=$(date +%s)
 step() { echo "check_sdist [$(($(date +%s) - T0))s] $*"; }
 
-step "1/4 sdist"
-SDECOR_NO_EXTENSION=1 "$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || {
+step "1/4 fresh venv with $TORCH_SPEC, setuptools, wheel and build"
+"$PY" -m venv "$WORK/venv"
+VPY="$WORK/venv/bin/python"
+"$VPY" -m pip install -q "$TORCH_SPEC" setuptools wheel build >"$WORK/venv.log" 2>&1 || {
+  tail -n 20 "$WORK/venv.log"
+  exit 1
+}
+
+step "2/4 sdist"
+SDECOR_NO_EXTENSION=1 "$VPY" -m build --sdist --no-isolation --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || {
   tail -n 30 "$WORK/build.log"
   exit 1
 }
@@ -40,14 +48,6 @@ if [ -n "$missing" ]; then
   exit 1
 fi
 step "    $(basename "$SDIST"): $(wc -l <"$WORK/in_sdist.txt") files, every tracked csrc/ and kernels/ file in it"
-
-step "2/4 fresh venv with $TORCH_SPEC"
-"$PY" -m venv "$WORK/venv"
-VPY="$WORK/venv/bin/python"
-"$VPY" -m pip install -q "$TORCH_SPEC" setuptools wheel >"$WORK/venv.log" 2>&1 || {
-  tail -n 20 "$WORK/venv.log"
-  exit 1
-}
 
 # import and run from outside the source tree, so the installed package is the one used
 check() {
