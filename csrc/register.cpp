@@ -1,7 +1,8 @@
 // Schemas of the sdecor ops (batched saliency masking) and the Python module stub of sdecor._C.
 //
 // Implementations register per dispatch key next to their code: csrc/cpu/mask_features_cpu.cpp
-// and csrc/cpu/ranked_fill_cpu.cpp (CPU) and csrc/cuda/mask_features_cuda.cpp (CUDA, only when built with SDECOR_BUILD_CUDA=1).
+// and csrc/cpu/ranked_fill_cpu.cpp (CPU) and csrc/cuda/mask_features_cuda.cpp (CUDA, when the
+// extension is built with its CUDA part: see setup.py).
 // Fake (meta) and autograd formulas are registered from Python (sdecor/ops/mask_features.py).
 // Other sdecor ops (e.g. the Python custom op sdecor::decorrelation_fused) live in FRAGMENTs of
 // the same namespace.
@@ -18,6 +19,11 @@ TORCH_LIBRARY(sdecor, m) {
   // to x's dtype. The masked elements, in row-major order of x, consume u in order. mask is
   // (B, F): F = x[0].numel() (elements) or F = prod(x.shape[2:]) (whole pixels, all channels).
   m.def("mask_fill_uniform(Tensor x, Tensor mask, Tensor u) -> Tensor");
+  // The same fill with the draws made inside the kernel: u for element e (row-major index in x)
+  // is Philox4x32-10 of (the generator's seed, its offset, e), the generator's offset advanced by
+  // one increment per call (csrc/cuda/mask_kernels.h). Masks and ranges are those of
+  // mask_fill_uniform; the fill values differ from it. CUDA only (csrc/cuda/mask_features_cuda.cpp).
+  m.def("mask_fill_random(Tensor x, Tensor mask, Generator? generator=None) -> Tensor");
   // Per row b of the (B, F) saliency: int32 place of each position in the order of mask_select
   // (ascending (value, flat index); largest: descending value, ascending index), so that
   // ranks < k is mask_select(saliency, k) for every k. CPU only (csrc/cpu/ranked_fill_cpu.cpp).

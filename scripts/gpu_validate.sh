@@ -1,216 +1,186 @@
 #!/usr/bin/env bash
-# GPU validation of issue 7 on the device machine (H100/H200, no network; torch, triton, ninja,
-# pytest preinstalled). One call of this script = one device call of at most ~9 minutes.
+# GPU validation in one device command of at most 8 minutes (H100/H200, no network; torch,
+# triton, ninja and pytest preinstalled):
 #
-#   bash scripts/gpu_validate.sh [STEP ...]        (run from anywhere; works in the repo root)
+#   bash scripts/gpu_validate.sh            (run from anywhere; works in the repository root)
 #
-# Steps, run in the order given (default: all of them, which does not fit in one call):
-#   build            SDECOR_BUILD_CUDA=1 pip install --no-deps --no-build-isolation -e . ; checks
-#                    that the CUDA kernels of the extension load
-#   tests            python -m pytest -q -m cuda tests/
-#   targets          bench/targets.py --run: only the settings issue 7's targets are stated at
-#                    (decorrelation, masking, train): the figures first, cheap insurance
-#   decorrelation    the full decorrelation suite, as 3 parts (decorrelation:1/3 .. 3/3), one
-#                    process and one JSON each, so a time limit loses one part, not the suite
-#   masking          the full masking suite, as 2 parts (masking:1/2, masking:2/2)
-#   metrics, train   the full metrics / train suite
-#   SUITE:I/K        one part of decorrelation or masking (e.g. to finish one in a later call)
-#   tune             bench/tune_decorrelation.py: the Triton kernels' tile-size sweep at the 8
-#                    decorrelation target settings (no build needed), ~6 minutes; its JSON and
-#                    Markdown go to "$OUT" as tune.json and tune.md (SDECOR_TUNE_ARGS: extra args)
-# The calls of docs/gpu_validation.md:
-#   bash scripts/gpu_validate.sh tune                 (optional, first: tile sizes; alone in its call)
-#   bash scripts/gpu_validate.sh build targets decorrelation
-#   bash scripts/gpu_validate.sh build tests masking metrics train
-#
-# Every step runs under `timeout`, capped by its own limit and by what is left of the call's
-# budget; a failing step does not stop the next one. At the end: the JSONs of this call merged
-# (bench/targets.py --merge) with the issue 7 targets table, a summary, and everything copied to
-# "$OUT" when it is set (5 files: summary.txt, results.json = this call's merged results,
-# results.md, targets.md, and all.tar.gz with every log, step JSON and table; the tune step adds
-# tune.json and tune.md). Exit status 1 if
-# any step failed or was not run for lack of time, else 0.
+# 1. build    started first, in the background: SDECOR_BUILD_CUDA=1 pip install --no-deps
+#             --no-build-isolation -e . (the CUDA extension), then a check that its CUDA kernels
+#             load (build.log).
+# 2. tests    the CUDA tests (pytest -v -m cuda), one process per test file so the Triton JIT
+#             compiles in parallel: the files that do not need the extension start at once,
+#             beside the build; the masking files (and the rest) once the build is done
+#             (tests.log: every process's log, in file order).
+# 3. targets  the target settings (scripts/gpu_targets.py; masking and train first, one group each,
+#             then decorrelation's eight): each group's result is written to
+#             targets.json (the runner's results format), targets-results.md and targets.md (the
+#             targets table) as soon as it is measured.
+# No tuning sweep. Everything is copied to "$OUT" after every step and every 15 s while one runs,
+# so a command killed at its limit still returns what it measured: at most 7 files, none in a
+# folder: summary.txt (one line per step: ok, FAILED, TIMEOUT or NOT RUN, and its seconds),
+# build.log, tests.log, targets.json, targets-results.md, targets.md, logs.tar.gz (everything).
+# Exit status 1 if any step failed or did not run, else 0.
 #
 # Environment:
-#   SDECOR_GPU_BUDGET_S  seconds for the whole call (default 540)
-#   SDECOR_GPU_DRY=1     dry run on a CPU machine: build and tests are skipped, benchmarks run in
-#                        quick mode on the CPU (tune: the interpreter on tiny shapes)
-#   SDECOR_TUNE_ARGS     extra arguments of the tune step (e.g. "--context full --settings 256x512")
+#   SDECOR_GPU_BUDGET_S  seconds for the whole command (default 450; the device call allows 480)
+#   SDECOR_GPU_DRY=1     dry run on a CPU machine: no build (the extension in place is used), the
+#                        tests collected and skipped as on a machine without CUDA, the targets in
+#                        quick mode on the CPU
 #   SDECOR_RUN_DIR       work folder (default /tmp/sdecor-gpu-validate, emptied first)
 #   PYTHON               interpreter (default python3)
 set -u
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
-BUDGET=${SDECOR_GPU_BUDGET_S:-540}
+BUDGET=${SDECOR_GPU_BUDGET_S:-450}
 DRY=${SDECOR_GPU_DRY:-0}
 RUN=${SDECOR_RUN_DIR:-/tmp/sdecor-gpu-validate}
 START=$(date +%s)
 DEADLINE=$((START + BUDGET))
-RESERVE=25  # seconds kept for the merge and the copy to $OUT
 export PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
-rm -rf "$RUN" && mkdir -p "$RUN/logs" || exit 2
+rm -rf "$RUN" && mkdir -p "$RUN/logs" "$RUN/targets" || exit 2
 SUMMARY="$RUN/summary.txt"
 : >"$SUMMARY"
 FAILED=0
-JSONS=()  # "name path" of the results each benchmark step wrote
-
-if [ "$DRY" = 1 ]; then
-  BENCH_MODE=(--quick --device cpu)
-else
-  BENCH_MODE=(--device cuda)
-fi
 
 note() { echo "$*" | tee -a "$SUMMARY"; }
+left() { echo $((DEADLINE - $(date +%s))); }
 
-# run_step NAME CAP_SECONDS COMMAND...: log to $RUN/logs/NAME.log, record status and time
-run_step() {
-  local name=$1 cap=$2
-  shift 2
-  local now left limit t0 rc log="$RUN/logs/${name//[:\/]/-}.log"
-  now=$(date +%s)
-  left=$((DEADLINE - RESERVE - now))
-  limit=$((left < cap ? left : cap))
-  if [ "$limit" -lt 30 ]; then
-    note "$(printf '%-22s NOT RUN (%ss left of the %ss budget)' "$name" "$left" "$BUDGET")"
-    FAILED=1
-    return 1
+# copy what there is to $OUT (flat: at most 7 files)
+publish() {
+  [ -n "${OUT:-}" ] || return 0
+  mkdir -p "$OUT"
+  cp "$SUMMARY" "$OUT/summary.txt" 2>/dev/null
+  [ -f "$RUN/logs/build.log" ] && cp "$RUN/logs/build.log" "$OUT/build.log"
+  local logs=("$RUN"/logs/tests-*.log)
+  if [ -f "${logs[0]}" ]; then
+    for f in "${logs[@]}"; do
+      echo "===== $(basename "$f" .log)"
+      cat "$f"
+    done >"$OUT/.tests.log.$BASHPID" && mv -f "$OUT/.tests.log.$BASHPID" "$OUT/tests.log"
   fi
-  echo "=== $name (limit ${limit}s): $*"
-  t0=$(date +%s)
-  timeout -k 15 "$limit" "$@" >"$log" 2>&1
-  rc=$?
-  local took=$(($(date +%s) - t0))
-  tail -n 12 "$log"
-  if [ "$rc" -eq 0 ]; then
-    note "$(printf '%-22s ok      %4ss' "$name" "$took")"
-  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
-    note "$(printf '%-22s TIMEOUT %4ss (limit %ss)' "$name" "$took" "$limit")"
-    FAILED=1
-  else
-    note "$(printf '%-22s FAILED  %4ss (exit %s)' "$name" "$took" "$rc")"
-    FAILED=1
-  fi
-  return "$rc"
+  local f
+  for f in targets.json targets-results.md targets.md; do
+    [ -f "$RUN/targets/$f" ] && cp "$RUN/targets/$f" "$OUT/$f"
+  done
+  tar -czf "$OUT/.logs.tar.gz.$BASHPID" -C "$RUN" . 2>/dev/null && mv -f "$OUT/.logs.tar.gz.$BASHPID" "$OUT/logs.tar.gz"
+  return 0
 }
 
-# bench_step NAME CAP ARGS...: a bench/targets.py run into $RUN/NAME, its JSON kept for the merge
-bench_step() {
-  local name=$1 cap=$2
-  shift 2
-  local dir="$RUN/bench/${name//[:\/]/-}"
-  mkdir -p "$dir"
-  run_step "$name" "$cap" "$PY" bench/targets.py "$@" --out "$dir" "${BENCH_MODE[@]}"
-  local json
-  for json in "$dir"/*.json; do
-    [ -f "$json" ] && JSONS+=("${name//[:\/]/-} $json")
+# status NAME RC SECONDS LIMIT: one summary line
+status() {
+  local name=$1 rc=$2 took=$3 limit=$4
+  if [ "$rc" -eq 0 ]; then
+    note "$(printf '%-34s ok      %4ss' "$name" "$took")"
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    note "$(printf '%-34s TIMEOUT %4ss (limit %ss)' "$name" "$took" "$limit")"
+    FAILED=1
+  else
+    note "$(printf '%-34s FAILED  %4ss (exit %s)' "$name" "$took" "$rc")"
+    FAILED=1
+  fi
+}
+
+# limit CAP: seconds a step may take (its cap, cut to the budget minus a reserve for the copy)
+limit() {
+  local cap=$1 l
+  l=$(($(left) - 10))
+  echo $((l < cap ? l : cap))
+}
+
+( while sleep 15; do publish; done ) &
+PUBLISHER=$!
+trap 'kill "$PUBLISHER" 2>/dev/null; publish' EXIT
+
+note "gpu_validate: budget ${BUDGET}s; dry=${DRY}; $(date -u '+%Y-%m-%d %H:%M UTC')"
+command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
+"$PY" -c "import torch, setuptools; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), '| setuptools', setuptools.__version__)" 2>&1 | tee -a "$SUMMARY"
+"$PY" -c "import triton; print('triton', triton.__version__)" 2>&1 | tee -a "$SUMMARY"
+
+# ---- 1. build, in the background
+BUILD_T0=$(date +%s)
+BUILD_LIMIT=$(limit 300)
+if [ "$DRY" = 1 ]; then
+  echo "dry run: no build; the extension in place: $("$PY" -c 'from sdecor.ops.masking import extension as e; print(e.available())' 2>&1 | tail -n 1)" >"$RUN/logs/build.log"
+  BUILD_PID=
+else
+  (
+    timeout -k 10 "$BUILD_LIMIT" env SDECOR_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" \
+      "$PY" -m pip install --no-deps --no-build-isolation -v -e . >"$RUN/logs/build.log" 2>&1 || exit $?
+    "$PY" - >>"$RUN/logs/build.log" 2>&1 <<'EOF'
+import torch
+from sdecor.ops.masking import extension as _extension
+print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))
+assert _extension.has_cuda(), "sdecor._C has no CUDA kernels: " + str(_extension.load_error())
+print("sdecor._C loaded with its CUDA kernels")
+EOF
+  ) &
+  BUILD_PID=$!
+fi
+
+# ---- 2. tests: one process per file; those that need no extension start now
+NEED_EXT="tests/ops/test_mask_features.py tests/ops/test_mask_features_cuda.py tests/ops/test_ranked_masking.py"
+NEED_EXT+=" tests/metrics/test_metrics.py tests/train/test_train.py"
+mapfile -t CUDA_FILES < <(grep -rl --include='test_*.py' "mark.cuda" tests | sort)
+declare -A TEST_PID=() TEST_T0=()
+start_tests() {  # start_tests FILE...: one background pytest per file; its exit status and end time to files
+  local f name
+  for f in "$@"; do
+    name=tests-$(basename "$f" .py)
+    TEST_T0[$f]=$(date +%s)
+    (
+      timeout -k 10 "$(limit 360)" "$PY" -m pytest -v -m cuda -p no:cacheprovider "$f" >"$RUN/logs/$name.log" 2>&1
+      echo $? >"$RUN/logs/$name.rc"
+      date +%s >"$RUN/logs/$name.end"
+    ) &
+    TEST_PID[$f]=$!
   done
 }
-
-step_build() {
-  if [ "$DRY" = 1 ]; then
-    note "$(printf '%-22s skipped (dry run)' build)"
-    return 0
-  fi
-  run_step build 360 env SDECOR_BUILD_CUDA=1 MAX_JOBS="${MAX_JOBS:-16}" "$PY" -m pip install --no-deps --no-build-isolation -e . || return 1
-  run_step build-check 60 "$PY" -c "import torch, sdecor
-from sdecor.ops import _extension
-print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))
-assert _extension.has_cuda(), 'sdecor._C has no CUDA kernels: ' + str(_extension.load_error())"
-}
-
-# tune: the sweep gets the step's limit minus a margin for start-up, the pool's exit and the writing
-step_tune() {
-  local dir="$RUN/tune" cap=360 now left limit budget
-  mkdir -p "$dir"
-  now=$(date +%s)
-  left=$((DEADLINE - RESERVE - now))
-  limit=$((left < cap ? left : cap))
-  budget=$((limit - 50))
-  [ "$budget" -lt 10 ] && budget=10
-  if [ "$DRY" = 1 ]; then
-    run_step tune "$cap" "$PY" bench/tune_decorrelation.py --quick --device cpu --budget-s "$budget" --out "$dir"
-  else
-    # shellcheck disable=SC2086  # SDECOR_TUNE_ARGS is a list of arguments
-    run_step tune "$cap" "$PY" bench/tune_decorrelation.py --budget-s "$budget" --out "$dir" ${SDECOR_TUNE_ARGS:-}
-  fi
-  TUNE_DIR=$dir
-}
-
-step_tests() {
-  if [ "$DRY" = 1 ]; then
-    note "$(printf '%-22s skipped (dry run)' tests)"
-    return 0
-  fi
-  run_step tests 330 "$PY" -m pytest -q -m cuda -p no:cacheprovider tests/
-}
-
-STEPS=("$@")
-if [ ${#STEPS[@]} -eq 0 ]; then
-  STEPS=(build tests targets decorrelation masking metrics train)
-fi
-note "gpu_validate: steps ${STEPS[*]}; budget ${BUDGET}s; dry=${DRY}; $(date -u '+%Y-%m-%d %H:%M UTC')"
-command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda available', torch.cuda.is_available())" 2>&1 | tee -a "$SUMMARY"
-
-for step in "${STEPS[@]}"; do
-  case "$step" in
-    build) step_build ;;
-    tests) step_tests ;;
-    targets) bench_step targets 300 --run ;;
-    decorrelation) for i in 1 2 3; do bench_step "decorrelation:$i/3" 240 --suite decorrelation --part "$i/3"; done ;;
-    masking) for i in 1 2; do bench_step "masking:$i/2" 240 --suite masking --part "$i/2"; done ;;
-    decorrelation:*/* | masking:*/*) bench_step "$step" 300 --suite "${step%%:*}" --part "${step#*:}" ;;
-    metrics | train) bench_step "$step" 240 --suite "$step" ;;
-    tune) step_tune ;;
-    *)
-      note "unknown step '$step' (build tests targets decorrelation masking metrics train tune SUITE:I/K)"
-      FAILED=1
-      ;;
+EARLY=()
+LATE=()
+for f in "${CUDA_FILES[@]}"; do
+  case " $NEED_EXT " in
+    *" $f "*) LATE+=("$f") ;;
+    *) EARLY+=("$f") ;;
   esac
 done
+start_tests "${EARLY[@]}"
 
-# merge this call's results (the targets run first: the full suites' records replace its ones)
-if [ ${#JSONS[@]} -gt 0 ]; then
-  mkdir -p "$RUN/merged"
-  slug=$(basename "${JSONS[0]#* }" .json)
-  inputs=()
-  for entry in "${JSONS[@]}"; do inputs+=("${entry#* }"); done
-  echo "=== merge + targets"
-  if "$PY" bench/targets.py --merge "$RUN/merged/$slug.json" "${inputs[@]}" >"$RUN/logs/merge.log" 2>&1; then
-    cat "$RUN/merged/$slug-targets.md"
-    note "$(printf '%-22s ok' merge+targets)"
-  else
-    tail -n 20 "$RUN/logs/merge.log"
-    note "$(printf '%-22s FAILED (see logs/merge.log)' merge+targets)"
-    FAILED=1
-  fi
+if [ -n "$BUILD_PID" ]; then
+  wait "$BUILD_PID"
+  rc=$?
+  status build "$rc" $(($(date +%s) - BUILD_T0)) "$BUILD_LIMIT"
+  tail -n 5 "$RUN/logs/build.log"
+else
+  note "$(printf '%-34s skipped (dry run)' build)"
+fi
+publish
+start_tests "${LATE[@]}"
+for f in "${CUDA_FILES[@]}"; do
+  wait "${TEST_PID[$f]}"
+  base="$RUN/logs/tests-$(basename "$f" .py)"
+  rc=$(cat "$base.rc" 2>/dev/null || echo 1)
+  end=$(cat "$base.end" 2>/dev/null || date +%s)
+  status "tests $(basename "$f")" "$rc" $((end - ${TEST_T0[$f]})) "-"
+  echo "    $(tail -n 1 "$base.log" | sed 's/=//g; s/^ *//; s/ *$//')" | tee -a "$SUMMARY"
+done
+publish
+
+# ---- 3. targets, saved after every group
+TLIMIT=$(limit 400)
+if [ "$TLIMIT" -lt 30 ]; then
+  note "$(printf '%-34s NOT RUN (%ss left of the %ss budget)' targets "$(left)" "$BUDGET")"
+  FAILED=1
+else
+  if [ "$DRY" = 1 ]; then MODE=(--quick --device cpu); else MODE=(--device cuda); fi
+  T0=$(date +%s)
+  timeout -k 10 "$TLIMIT" "$PY" scripts/gpu_targets.py "$RUN/targets" "${MODE[@]}" >"$RUN/logs/targets.log" 2>&1
+  rc=$?
+  tail -n 25 "$RUN/logs/targets.log"
+  status targets "$rc" $(($(date +%s) - T0)) "$TLIMIT"
 fi
 
 note "gpu_validate: $([ "$FAILED" = 0 ] && echo 'all steps ok' || echo 'some steps FAILED or did not run'); $(($(date +%s) - START))s"
-
-# to $OUT (at most 8 files come back): the merged results of this call, its tables, the summary
-# and everything in one archive; the step JSONs themselves only when the merge failed
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT"
-  cp "$SUMMARY" "$OUT/summary.txt"
-  if [ -n "${slug:-}" ] && [ -f "$RUN/merged/$slug.json" ]; then
-    cp "$RUN/merged/$slug.json" "$OUT/results.json"
-    cp "$RUN/merged/$slug.md" "$OUT/results.md" 2>/dev/null
-    cp "$RUN/merged/$slug-targets.md" "$OUT/targets.md" 2>/dev/null
-  else
-    n=0
-    maxj=6
-    [ -n "${TUNE_DIR:-}" ] && maxj=4  # at most 8 files come back; tune adds two
-    for entry in "${JSONS[@]}"; do
-      [ "$n" -lt "$maxj" ] && cp "${entry#* }" "$OUT/${entry%% *}.json" && n=$((n + 1))
-    done
-  fi
-  if [ -n "${TUNE_DIR:-}" ]; then  # the sweep's results (tune-<device>.json / .md)
-    for f in "$TUNE_DIR"/tune-*.json; do [ -f "$f" ] && cp "$f" "$OUT/tune.json"; done
-    for f in "$TUNE_DIR"/tune-*.md; do [ -f "$f" ] && cp "$f" "$OUT/tune.md"; done
-  fi
-  tar -czf "$OUT/all.tar.gz" -C "$RUN" . 2>/dev/null || echo "could not pack $RUN"
-  echo "copied to $OUT: $(ls "$OUT" | tr '\n' ' ')"
-fi
+publish
+[ -n "${OUT:-}" ] && echo "copied to $OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit "$FAILED"

@@ -1,19 +1,25 @@
-// CUDA implementations of sdecor::mask_select and sdecor::mask_fill_uniform: argument checks and
+// CUDA implementations of sdecor::mask_select and sdecor::mask_fill_random: argument checks and
 // launches of the kernels in mask_kernels.cu (through the plain interface of mask_kernels.h).
-// Compiled only with SDECOR_BUILD_CUDA=1.
+// Compiled when the extension is built with its CUDA part (setup.py).
 //
-// Neither op synchronises: counts k are validated by the Python caller (the kernel treats k <= 0
-// as "none" and k >= F as "all"), and a u shorter than the masked count leaves the excess masked
-// elements unfilled instead of reading out of bounds (the CPU op raises for that case).
+// Neither op synchronises with the host. Shapes, dtypes and devices are checked here; the values
+// the host cannot see without a synchronisation (k in [0, F], no NaN in the saliency) are checked
+// by the select kernel, as a device-side assertion: the error surfaces at the next synchronising
+// call (e.g. .item(), .cpu(), torch.cuda.synchronize()) or checked kernel launch (possibly the
+// fill's, in the same mask_features call), and leaves the CUDA context unusable.
+// Every kernel launch is checked (C10_CUDA_CHECK on the status the launcher returns, which is
+// cudaGetLastError after each launch).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/cuda/CUDAGeneratorImpl.h>
+#include <ATen/cuda/PhiloxCudaState.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <string>
-#include <tuple>
+#include <mutex>
+#include <optional>
 
-#include "../mask_fill_checks.h"
 #include "mask_kernels.h"
 
 namespace sdecor {
@@ -35,6 +41,10 @@ int dtype_code(at::ScalarType t) {
   return -1;
 }
 
+at::Tensor workspace_for(size_t bytes, const at::Tensor& like) {
+  return at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, like.options().dtype(at::kByte));
+}
+
 at::Tensor mask_select_cuda(const at::Tensor& saliency, const at::Tensor& k, bool largest) {
   TORCH_CHECK(saliency.is_cuda(), "sdecor::mask_select (CUDA): saliency must be a CUDA tensor");
   TORCH_CHECK(saliency.dim() == 2, "sdecor::mask_select: saliency must be (B, F), got ", saliency.sizes());
@@ -52,37 +62,55 @@ at::Tensor mask_select_cuda(const at::Tensor& saliency, const at::Tensor& k, boo
   const at::Tensor kc = k.contiguous();
   at::Tensor mask = at::empty({B, F}, saliency.options().dtype(at::kBool));
   if (B == 0 || F == 0) return mask;
-  const cudaError_t err = sdecor_mask_select_cuda(sal.data_ptr(), code, B, F, kc.data_ptr<int64_t>(), largest,
-                                                  mask.data_ptr<bool>(), c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "sdecor::mask_select (CUDA) launch failed: ", cudaGetErrorString(err));
+  at::Tensor workspace = workspace_for(sdecor_mask_select_workspace_bytes(code, B, F), sal);
+  C10_CUDA_CHECK(sdecor_mask_select_cuda(sal.data_ptr(), code, B, F, kc.data_ptr<int64_t>(), largest,
+                                         mask.data_ptr<bool>(), workspace.data_ptr(),
+                                         c10::cuda::getCurrentCUDAStream().stream()));
   return mask;
 }
 
-at::Tensor mask_fill_uniform_cuda(const at::Tensor& x, const at::Tensor& mask, const at::Tensor& u) {
-  TORCH_CHECK(x.is_cuda(), "sdecor::mask_fill_uniform (CUDA): x must be a CUDA tensor");
-  TORCH_CHECK(mask.device() == x.device() && u.device() == x.device(),
-              "sdecor::mask_fill_uniform: all tensors must be on ", x.device());
-  const FillGeometry g = check_fill_args(x, mask, u);
-  const int64_t B = g.B, C = g.C, S = g.S;
-  const bool pixel = g.pixel;
-  const auto opmath = g.opmath;
+at::Tensor mask_fill_random_cuda(const at::Tensor& x, const at::Tensor& mask, std::optional<at::Generator> generator) {
+  TORCH_CHECK(x.is_cuda(), "sdecor::mask_fill_random (CUDA): x must be a CUDA tensor");
+  TORCH_CHECK(mask.device() == x.device(), "sdecor::mask_fill_random: mask must be on ", x.device(), ", got ",
+              mask.device());
+  TORCH_CHECK(x.dim() >= 1, "sdecor::mask_fill_random: x must be (B, ...)");
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.dim() == 2 && mask.size(0) == x.size(0),
+              "sdecor::mask_fill_random: mask must be a bool (B, F) tensor, got ", mask.scalar_type(), " ",
+              mask.sizes());
+  const int64_t B = x.size(0);
+  const int64_t C = x.dim() >= 3 ? x.size(1) : 1;
+  const int64_t N = B > 0 ? x.numel() / B : 0;  // elements per sample
+  const int64_t S = C > 0 ? N / C : 0;
+  const int64_t F = mask.size(1);
+  const bool pixel = F != N;
+  TORCH_CHECK(!pixel || (x.dim() >= 3 && F == S), "sdecor::mask_fill_random: mask must have ", N,
+              (x.dim() >= 3 ? " or " + std::to_string(S) : std::string()), " entries per sample, got ", F);
   const int code = dtype_code(x.scalar_type());
   c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous();
   at::Tensor out = at::empty_like(xc, at::MemoryFormat::Contiguous);
   if (xc.numel() == 0) return out;
   const at::Tensor mc = mask.contiguous();
-  const at::Tensor uc = u.contiguous();
-  // Per sample and channel range with torch's own reduction (NaN-propagating), in op-math dtype.
-  auto range = at::aminmax(xc.view({B, C, S}), 2);
-  const at::Tensor lo = std::get<0>(range).to(opmath).contiguous();
-  const at::Tensor scale = (std::get<1>(range).to(opmath) - lo).contiguous();
-  const size_t ws_bytes = sdecor_mask_fill_uniform_workspace_bytes(B, C, S, pixel);
-  at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, x.options().dtype(at::kByte));
-  const cudaError_t err = sdecor_mask_fill_uniform_cuda(
-      xc.data_ptr(), code, B, C, S, pixel, mc.data_ptr<bool>(), lo.data_ptr(), scale.data_ptr(), uc.data_ptr(),
-      uc.numel(), out.data_ptr(), workspace.data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "sdecor::mask_fill_uniform (CUDA) launch failed: ", cudaGetErrorString(err));
+  SdecorPhilox rng{};
+  {
+    auto* gen = at::get_generator_or_default<at::CUDAGeneratorImpl>(generator,
+                                                                    at::cuda::detail::getDefaultCUDAGenerator());
+    std::lock_guard<std::mutex> lock(gen->mutex_);
+    const at::PhiloxCudaState state = gen->philox_cuda_state(kSdecorPhiloxIncrement);
+    rng.captured = state.captured_;
+    if (state.captured_) {
+      rng.seed_ptr = state.seed_.ptr;
+      rng.offset_ptr = state.offset_.ptr;
+      rng.offset_intragraph = state.offset_intragraph_;
+    } else {
+      rng.seed = state.seed_.val;
+      rng.offset = state.offset_.val;
+    }
+  }
+  at::Tensor workspace = workspace_for(sdecor_mask_fill_random_workspace_bytes(code, B, C, S), xc);
+  C10_CUDA_CHECK(sdecor_mask_fill_random_cuda(xc.data_ptr(), code, B, C, S, pixel, mc.data_ptr<bool>(), rng,
+                                              out.data_ptr(), workspace.data_ptr(),
+                                              c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
 
@@ -90,7 +118,7 @@ at::Tensor mask_fill_uniform_cuda(const at::Tensor& x, const at::Tensor& mask, c
 
 TORCH_LIBRARY_IMPL(sdecor, CUDA, m) {
   m.impl("mask_select", &mask_select_cuda);
-  m.impl("mask_fill_uniform", &mask_fill_uniform_cuda);
+  m.impl("mask_fill_random", &mask_fill_random_cuda);
 }
 
 }  // namespace sdecor

@@ -465,7 +465,7 @@ def test_nvcc_compiles_cuda_sources(tmp_path):
 @pytest.mark.parametrize("largest", [False, True])
 def test_cuda_matches_reference(dtype, pixel, largest):
     if not _extension.has_cuda():
-        pytest.skip("sdecor._C built without CUDA (SDECOR_BUILD_CUDA=1)")
+        pytest.skip("sdecor._C built without its CUDA part")
     dev = torch.device("cuda")
     B, C, H, W = 6, 3, 33, 35
     x = torch.randn(B, C, H, W, dtype=dtype, device=dev)
@@ -481,13 +481,14 @@ def test_cuda_matches_reference(dtype, pixel, largest):
                 )
                 got = mask_features(x, s, k, largest=largest, fill=fill, generator=gen(device="cuda"), backend="cuda")
                 assert torch.equal(ref[1], got[1]), k
-                assert torch.equal(ref[0], got[0]), (k, fill)
+                if fill != "uniform":  # uniform: the kernel draws its own (test_mask_features_cuda.py)
+                    assert torch.equal(ref[0], got[0]), (k, fill)
 
 
 @pytest.mark.cuda
 def test_cuda_large_rows_and_gradients():
     if not _extension.has_cuda():
-        pytest.skip("sdecor._C built without CUDA (SDECOR_BUILD_CUDA=1)")
+        pytest.skip("sdecor._C built without its CUDA part")
     dev = torch.device("cuda")
     s = torch.cat([torch.rand(3, 150_528, device=dev), tied_saliency((3, 150_528), levels=3).to(dev)])
     k = torch.tensor([1, 15_052, 75_264, 150_527, 100, 150_000], device=dev)

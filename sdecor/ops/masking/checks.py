@@ -64,7 +64,13 @@ def check_layout(x: torch.Tensor, saliency: torch.Tensor, name: str = "saliency"
 
 
 def check_counts(
-    k, batch: int, device: torch.device, *, positions: int | None = None, device_name: str = "x"
+    k,
+    batch: int,
+    device: torch.device,
+    *,
+    positions: int | None = None,
+    device_name: str = "x",
+    device_checked: bool = False,
 ) -> tuple[torch.Tensor, int | None]:
     """``k`` as ``((B,) int64 counts on device, their sum)``.
 
@@ -72,6 +78,8 @@ def check_counts(
     (the positions per sample, F) is given, a float fraction in [0, 1] (count floor(fraction * F)).
     With ``positions`` every count must lie in [0, F] (one host sync for a tensor ``k``); without
     it counts are not range-checked and the sum of a tensor ``k`` is not computed (``None``).
+    ``device_checked=True``: a k tensor on a non-CPU device is left to the caller's kernel to
+    range-check (no host sync; the sum is ``None``); a CPU one is still checked here.
 
     Raises:
         TypeError: a bool, a float without ``positions``, another type; a k tensor of a
@@ -98,11 +106,12 @@ def check_counts(
         if k.device != device and k.device.type != "cpu":
             raise ValueError(f"a k tensor must be on the CPU or on {device_name}'s device ({device}), got {k.device}")
         counts = k.to(device=device, dtype=torch.int64)
-        if positions is None:
+        if positions is None or (device_checked and k.device.type != "cpu"):
             return counts, None
         if batch == 0:
             return counts, 0
-        low, high, total = torch.stack([counts.min(), counts.max(), counts.sum()]).tolist()
+        host = k.to(torch.int64) if k.device.type == "cpu" else counts  # a CPU k: no device sync
+        low, high, total = torch.stack([host.min(), host.max(), host.sum()]).tolist()
         if low < 0:
             raise ValueError(f"k must be >= 0 in every sample, got a count of {low}")
         if high > positions:

@@ -3,15 +3,22 @@
 ``mask_features(x, saliency, k, *, largest=False, fill="uniform", generator=None, backend="auto")``
 returns ``(masked, mask)``; see :func:`mask_features` for the full contract.
 
-Backends (all return the identical mask; "uniform" fill is bitwise identical for the same
-generator state, the other fills are computed by the same torch expression everywhere):
+Backends (all return the identical mask; on CPU "uniform" fill is bitwise identical between
+"reference" and "cpp" for the same generator state, while "cuda" draws its own; the other fills
+are computed by the same torch expression everywhere):
 
 * ``"reference"``: pure torch (stable sort + scatter), any device, differentiable by autograd.
 * ``"cpp"``: the C++ CPU kernels of ``sdecor._C`` (``torch.ops.sdecor.mask_select``: per-sample
   O(F) radix selection, parallel over the batch; ``torch.ops.sdecor.mask_fill_uniform``: one
   fused pass writing the output).
-* ``"cuda"``: the CUDA kernels of ``sdecor._C`` (built with ``SDECOR_BUILD_CUDA=1``): per-sample
-  radix select honouring the tie rule, then one fused write pass.
+* ``"cuda"``: the CUDA kernels of ``sdecor._C`` (built when torch is a CUDA build and nvcc is
+  found): ``torch.ops.sdecor.mask_select`` (radix select over keys staged in shared memory,
+  several blocks per sample) and ``torch.ops.sdecor.mask_fill_random`` (one pass over x: per
+  channel range, then the output, with the uniform draws made inside the kernel from the
+  generator's Philox seed and offset). No host synchronisation: NaN saliency and k tensors on
+  the GPU outside [0, F] are checked on the device, as a device-side assertion that surfaces at
+  the next synchronising call (or checked kernel launch) and leaves the CUDA context unusable. Masks equal the other
+  backends'; "uniform" fill values differ from theirs (other draws, the same distribution).
 * ``"auto"``: cuda for CUDA tensors when built, cpp for CPU tensors when built, reference otherwise.
 
 Argument checks: :mod:`sdecor.ops.masking.checks`. The fake (meta) and autograd formulas of the
@@ -92,7 +99,8 @@ def mask_features(
             broadcastable to x (e.g. a blurred copy for insertion/deletion curves). Fill values
             are constants for autograd.
         generator: a ``torch.Generator`` on x's device type for the "uniform" draws. The mask
-            never depends on the random stream.
+            never depends on the random stream. On CUDA ("cuda" backend) each call takes one
+            Philox increment (4) of the generator's offset, whatever the number of draws.
         backend: ``"auto"``, ``"reference"``, ``"cpp"`` or ``"cuda"`` (see the module doc).
 
     Returns:
@@ -109,6 +117,10 @@ def mask_features(
             negative or above the saliency elements per sample; a fraction outside [0, 1]; a k
             tensor of the wrong length; an unknown fill string; a fill tensor that does not
             broadcast to x; an unknown backend or one that cannot run here.
+        RuntimeError (CUDA, "cuda" backend, at the next synchronising call or checked kernel
+            launch, possibly this call's fill): a device-side
+            assertion for saliency containing NaN or a k tensor on the GPU with a count outside
+            [0, F] (these are checked on the device, without a host synchronisation).
     """
     check_batched(x, "x")
     check_tensor(saliency, "saliency")
@@ -120,17 +132,19 @@ def mask_features(
     check_choice(backend, "backend", BACKENDS)
     F, pixel_mode = check_layout(x, saliency)
     B = x.shape[0]
-    counts, total = check_counts(k, B, x.device, positions=F, device_name="saliency")
+    chosen = _resolve_backend(backend, x.device)
+    # cuda: a k tensor on the GPU is range-checked by the select kernel (no host sync)
+    counts, total = check_counts(k, B, x.device, positions=F, device_name="saliency", device_checked=chosen == "cuda")
     fill = check_fill(fill, x)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if isinstance(fill, str) and fill == "uniform" and generator.device.type != x.device.type:
             raise ValueError(f"generator must be on x's device type ({x.device.type}), got {generator.device}")
-    chosen = _resolve_backend(backend, x.device)
 
     sal_flat = saliency.detach().reshape(B, F)
-    if chosen != "cpp" and sal_flat.numel() and bool(torch.isnan(sal_flat).any()):
+    # cpp raises for NaN itself; the cuda select kernel checks on the device
+    if chosen == "reference" and sal_flat.numel() and bool(torch.isnan(sal_flat).any()):
         raise ValueError("saliency must not contain NaN")
 
     # ---- selection
@@ -142,7 +156,10 @@ def mask_features(
 
     # ---- fill
     if isinstance(fill, str) and fill == "uniform":
-        masked = _uniform_fill(x, mask_flat, total * (x.shape[1] if pixel_mode else 1), generator, chosen)
+        if chosen == "cuda":  # the draws are made in the kernel
+            masked = torch.ops.sdecor.mask_fill_random(x, mask_flat, generator)
+        else:
+            masked = _uniform_fill(x, mask_flat, total * (x.shape[1] if pixel_mode else 1), generator, chosen)
     else:
         mask_x = mask_view_for(x.shape, mask_flat)
         if isinstance(fill, str):  # "mean"

@@ -1,8 +1,9 @@
 """Loads the compiled extension ``sdecor._C`` once and reports what it provides.
 
 ``sdecor._C`` (built from ``csrc/``) defines the ``torch.ops.sdecor`` ops of batched saliency
-masking (``mask_select``, ``mask_fill_uniform``) with a CPU implementation, and a CUDA one when
-it was built with ``SDECOR_BUILD_CUDA=1``; and the rank-once ops of the perturbation curves
+masking (``mask_select``, ``mask_fill_uniform``) with a CPU implementation, and CUDA ones
+(``mask_select``, ``mask_fill_random``) when it was built with its CUDA part (setup.py: by default
+when torch is a CUDA build and nvcc is found); and the rank-once ops of the perturbation curves
 (``mask_ranks``, ``mask_fill_ranked``), CPU only. Their fake and autograd formulas live in
 :mod:`sdecor.ops.masking.library`, imported here once the ops exist. When the extension is missing
 or fails to load, the package keeps working on the pure-torch references and warns once, saying
@@ -23,12 +24,13 @@ __all__ = ["load", "available", "has_cpu", "has_cuda", "load_error", "BUILD_HINT
 
 BUILD_HINT = (
     "build it with `pip install --no-build-isolation -e .` from the source checkout "
-    "(add SDECOR_BUILD_CUDA=1 to also build the CUDA kernels; TORCH_CUDA_ARCH_LIST defaults to 9.0)"
+    "(its CUDA kernels are built too when torch is a CUDA build and nvcc is found; "
+    "SDECOR_BUILD_CUDA=1 insists on them, SDECOR_BUILD_CUDA=0 turns them off)"
 )
 
 _lock = threading.Lock()
 _state: dict = {"tried": False, "module": None, "error": None}
-_OPS = ("mask_select", "mask_fill_uniform", "mask_ranks", "mask_fill_ranked")
+_OPS = ("mask_select", "mask_fill_uniform", "mask_fill_random", "mask_ranks", "mask_fill_ranked")
 
 
 def _import():

@@ -7,6 +7,8 @@ Ops (all on (B, F) flattened maps; see ``csrc/``):
 * ``mask_select(saliency (B, F) float, k (B,) int64, largest) -> (B, F) bool``
 * ``mask_fill_uniform(x (B, ...), mask (B, F) bool, u (n,) float) -> x's shape``; its gradient
   w.r.t. ``x`` is the keep-mask (``grad`` with the masked elements zeroed).
+* ``mask_fill_random(x (B, ...), mask (B, F) bool, generator) -> x's shape`` (CUDA: the draws made
+  in the kernel); the same gradient.
 * ``mask_ranks(saliency (B, F) float, largest) -> (B, F) int32``
 * ``mask_fill_ranked(x (B, R, S), ranks (B, S) int32, k (B,) int64, fill (B, R, S)) -> (B, R, S)``
 """
@@ -47,6 +49,18 @@ def _mask_fill_uniform_backward(ctx, grad):
 
 torch.library.register_autograd(
     "sdecor::mask_fill_uniform", _mask_fill_uniform_backward, setup_context=_mask_fill_uniform_setup
+)
+
+
+@torch.library.register_fake("sdecor::mask_fill_random")
+def _mask_fill_random_fake(x, mask, generator=None):
+    torch._check(mask.dim() == 2, lambda: "mask_fill_random: mask must be (B, F)")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# (x, mask, generator): the formula of mask_fill_uniform's (x, mask, u)
+torch.library.register_autograd(
+    "sdecor::mask_fill_random", _mask_fill_uniform_backward, setup_context=_mask_fill_uniform_setup
 )
 
 
