@@ -317,7 +317,8 @@ def _target4(results, verdict, on_gpu: bool) -> list[Row]:
     if rec is not None and on_gpu and backend != "cuda":
         verdict = _Verdict(
             verdict.judge_note
-            or f"ours ran the {backend!r} backend, not the CUDA kernels (extension built without SDECOR_BUILD_CUDA=1?)"
+            or f"ours ran the {backend!r} backend, not the CUDA kernels (extension built without its CUDA "
+            "part: SDECOR_BUILD_CUDA=0, no nvcc, or a failed CUDA build?)"
         )
     rows = []
     required = f">= {MASK_SPEEDUP:g}x faster"

@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -m pip install -q "torch==2.13.0" 2>/dev/null || python -c "import torch" # keep a preinstalled torch (GPU machines)
+# --no-build-isolation builds with the setuptools installed here: the SPDX license field needs >= 77
+python -m pip install -q "setuptools>=77" wheel
 python -m pip install -q --no-build-isolation -e .
 sdecor compare --out runs/compare "$@"

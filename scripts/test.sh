@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 python -m pip install -q "torch==2.13.0" 2>/dev/null || python -c "import torch" # keep a preinstalled torch (GPU machines)
+# --no-build-isolation builds with the setuptools installed here: the SPDX license field needs >= 77
+python -m pip install -q "setuptools>=77" wheel
 python -m pip install -q --no-build-isolation -e ".[test]"
 # Captum and Quantus: the references the saliency-method and metric tests compare against
 # (--no-deps keeps them from touching torch; Quantus needs these four at import time).
