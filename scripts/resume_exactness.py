@@ -47,16 +47,17 @@ def child(args) -> None:
     from sdecor.models import SmallCNN
     from sdecor.train import fit, set_seed
 
-    if args.kill_step:
+    if args.kill_at:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
 
         def hook(optimizer, _args, _kwargs):
             hook.steps += 1
-            if hook.steps == args.kill_step:
+            if hook.steps == args.kill_at:
                 print(ANNOUNCE, flush=True)
                 signal.pause()  # the parent sends SIGKILL
 
         hook.steps = 0
-        torch.optim.optimizer.register_optimizer_step_post_hook(hook)
+        register_optimizer_step_post_hook(hook)
 
     set_seed(0)
     model = SmallCNN(width=8)
@@ -107,7 +108,7 @@ def measure(objective: str, epochs: int, kill_step: int, n_train: int, batch_siz
         clean_w, resumed_w = os.path.join(tmp, "clean.pt"), os.path.join(tmp, "resumed.pt")
         ck_clean, ck_killed = os.path.join(tmp, "ck_clean"), os.path.join(tmp, "ck_killed")
         clean = json.loads(_run([*common, "--checkpoint-dir", ck_clean, "--out", clean_w], kill=False))
-        _run([*common, "--checkpoint-dir", ck_killed, "--out", resumed_w, "--kill-step", str(kill_step)], kill=True)
+        _run([*common, "--checkpoint-dir", ck_killed, "--out", resumed_w, "--kill-at", str(kill_step)], kill=True)
         resumed = json.loads(_run([*common, "--checkpoint-dir", ck_killed, "--out", resumed_w, "--resume"], kill=False))
         a, b = torch.load(clean_w), torch.load(resumed_w)
         diff = max((a[k].double() - b[k].double()).abs().max().item() if a[k].numel() else 0.0 for k in a)
@@ -122,6 +123,7 @@ def main() -> None:
     p.add_argument("--kill-step", type=int, default=6, help="SIGKILL after this optimizer step (default: in epoch 2)")
     p.add_argument("--n-train", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--kill-at", type=int, help=argparse.SUPPRESS)
     p.add_argument("--checkpoint-dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
