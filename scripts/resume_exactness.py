@@ -19,7 +19,6 @@ resume prints ``max |w_clean - w_resumed| = 0``.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import signal
@@ -31,12 +30,10 @@ HERE = os.path.abspath(__file__)
 ANNOUNCE = "KILL-POINT-REACHED"
 
 
-def _build_objective(name: str, model):
+def _build_objective(name: str):
     from sdecor import losses
 
-    cls = {"standard": losses.Standard, "saliencydecor": losses.SaliencyDecor}[name]
-    params = list(inspect.signature(cls.__init__).parameters)
-    return cls(model) if len(params) > 1 and params[1] == "model" else cls()
+    return {"standard": losses.Standard, "saliencydecor": losses.SaliencyDecor}[name]()
 
 
 def child(args) -> None:
@@ -62,7 +59,7 @@ def child(args) -> None:
     set_seed(0)
     model = SmallCNN(width=8)
     train, _, _ = make_loaders("digits-in-clutter", batch_size=args.batch_size, n_train=args.n_train, n_test=16)
-    objective = _build_objective(args.objective, model)
+    objective = _build_objective(args.objective)
     history = fit(
         model,
         objective,

@@ -77,8 +77,8 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         size = os.path.getsize(path)
         # from None: torch's own traceback is pages long and says nothing more useful
         raise ValueError(
-            f"checkpoint {path} ({size} bytes) is truncated or corrupted and cannot be read ({first[:200]}); "
-            "delete it to start afresh, or point checkpoint_dir at a good copy"
+            f"checkpoint {path} ({size} bytes) is not a readable sdecor checkpoint: truncated or corrupted "
+            f"({first[:200]}); delete it to start afresh, or point checkpoint_dir at a good copy"
         ) from None
     if not isinstance(ck, dict) or "model_state" not in ck:
         raise ValueError(
