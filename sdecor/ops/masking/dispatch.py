@@ -27,6 +27,8 @@ compiled ops: :mod:`sdecor.ops.masking.library`, registered when the extension l
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..._validation import check_choice, check_tensor
