@@ -49,12 +49,18 @@ def check_interval(device: torch.device) -> int:
 
 
 class NonFiniteWatch:
-    """First non-finite step of each monitored value, kept on ``device`` (see the module doc)."""
+    """First non-finite step of each monitored value, kept on ``device`` (see the module doc).
+
+    One int64 vector on the device holds, per name (in order of first appearance), the first
+    global step at which the value was NaN/inf (or a sentinel); an update is a handful of kernels
+    whatever the number of names, and needs no host sync.
+    """
 
     def __init__(self, device: torch.device, lr_hint: str = "") -> None:
         self.device = torch.device(device)
         self.lr_hint = lr_hint
-        self.first: dict[str, torch.Tensor] = {}  # name -> int64 0-dim: the first bad global step, or _NEVER
+        self.names: dict[str, int] = {}  # name -> slot in self.first
+        self.first = torch.empty(0, dtype=torch.int64, device=self.device)
         self.step = torch.zeros((), dtype=torch.int64, device=self.device)  # global step, counted on the device
         self.epoch_start = 0  # global step before this epoch's first (host side)
         self.epoch = 0
@@ -74,23 +80,33 @@ class NonFiniteWatch:
             self.last = values
             if self.first_loss is None and "loss" in values:
                 self.first_loss = values["loss"].detach()
-        for name, value in values.items():
-            bad = ~torch.isfinite(value.detach().float().reshape(()))
-            if name not in self.first:
-                self.first[name] = torch.full((), _NEVER, dtype=torch.int64, device=self.device)
-            first = self.first[name]
-            first.copy_(torch.where(bad & (first == _NEVER), self.step, first))
+        if not values:
+            return
+        new = [n for n in values if n not in self.names]
+        if new:
+            for n in new:
+                self.names[n] = len(self.names)
+            grow = torch.full((len(new),), _NEVER, dtype=torch.int64, device=self.device)
+            self.first = torch.cat([self.first, grow])
+        slots = [self.names[n] for n in values]
+        bad = ~torch.isfinite(torch.stack([v.detach().float().reshape(()) for v in values.values()]))
+        if slots == list(range(slots[0], slots[0] + len(slots))):  # the usual case: one slice of the vector
+            groups = [(slice(slots[0], slots[0] + len(slots)), bad)]
+        else:
+            groups = [(slice(k, k + 1), bad[i : i + 1]) for i, k in enumerate(slots)]
+        for where, b in groups:
+            first = self.first[where]
+            first.copy_(torch.where(b & (first == _NEVER), self.step, first))
 
     def diverged_at(self) -> tuple[int, list[str]] | None:
         """(first bad global step, the names bad at that step), or None when all were finite (one sync)."""
-        if not self.first:
+        if not self.names:
             return None
-        names = list(self.first)
-        steps = torch.stack([self.first[n] for n in names]).tolist()
+        steps = self.first.tolist()
         first = min(steps)
         if first == _NEVER:
             return None
-        return first, [n for n, s in zip(names, steps) if s == first]
+        return first, [n for n, k in self.names.items() if steps[k] == first]
 
     def check(self, checkpoint: str | None = None, cause: BaseException | None = None) -> None:
         """Raise :class:`TrainingDiverged` if any monitored value was non-finite (``cause``: chained)."""
@@ -104,7 +120,7 @@ class NonFiniteWatch:
         step = global_step - self.epoch_start
         # the components before their sum: "decor" explains a NaN "loss"/"total", not the reverse
         parts = [n for n in names if n not in ("loss", "total")] or names
-        finite = sorted(n for n in self.first if n not in names)
+        finite = sorted(n for n in self.names if n not in names)
         flagged = not what
         what = what or f"{' and '.join(parts)} became non-finite (NaN or inf)"
         msg = f"training diverged at epoch {self.epoch}, step {step} (global step {global_step}): {what}"

@@ -552,7 +552,15 @@ def fit(
         )
     if ck is not None and ck.get("random_state"):  # last: nothing after this may draw before the next epoch
         states = ck["random_state"]
-        restore_random_state(states[rank] if rank < len(states) else states[0], loader, objective)
+        if rank < len(states):
+            restore_random_state(states[rank], loader, objective)
+        else:
+            warnings.warn(
+                f"{last_path} holds the random states of {len(states)} ranks, none for rank {rank}: this rank "
+                "keeps its fresh seed and the resumed run will not repeat the uninterrupted one exactly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     bar_cls = None
     if progress and main:

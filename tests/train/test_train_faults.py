@@ -251,6 +251,19 @@ def test_watch_reports_the_components_first_and_ignores_finite_steps():
     assert info.value.parts == ["decor"]
 
 
+def test_watch_takes_names_in_any_order_and_subset():
+    watch = NonFiniteWatch(torch.device("cpu"))
+    watch.start_epoch(3, 10)
+    watch.update({"loss": torch.tensor(1.0), "ce": torch.tensor(1.0), "decor": torch.tensor(0.5)})
+    watch.update({"grad_norm": torch.tensor(2.0)}, count=False)
+    watch.update({"decor": torch.tensor(0.5), "loss": torch.tensor(1.0)})  # a subset, out of order
+    watch.update({"grad_norm": torch.tensor(float("nan"))}, count=False)
+    watch.update({"decor": torch.tensor(float("nan")), "loss": torch.tensor(1.0)})
+    assert watch.diverged_at() == (12, ["grad_norm"])
+    with pytest.raises(TrainingDiverged, match=r"epoch 3, step 2 \(global step 12\): grad_norm became"):
+        watch.check()
+
+
 def test_check_interval():
     assert check_interval(torch.device("cpu")) == 1
     assert check_interval(torch.device("cuda")) == CHECK_EVERY_CUDA > 1
