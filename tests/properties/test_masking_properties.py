@@ -228,10 +228,11 @@ def _valid(x_shape=(2, 3, 4, 4), s_shape=(2, 4, 4)):
     return torch.randn(x_shape), torch.rand(s_shape)
 
 
-def _with_nan(s):
-    s = s.clone()
-    s.view(-1)[s.numel() // 2] = float("nan")
-    return s
+def _with_nan(t):
+    """A copy of ``t`` (same layout) with a NaN at its middle element."""
+    t = t.clone()
+    t[torch.unravel_index(torch.tensor(t.numel() // 2), t.shape)] = float("nan")
+    return t
 
 
 # name -> (build(x, s, b, f) -> (args, kwargs), the argument the message must name)

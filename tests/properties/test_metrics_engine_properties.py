@@ -200,8 +200,9 @@ def test_map_scores_are_per_sample_whatever_the_chunking(a, batch_size, abs_, no
 
 
 def _nan_at_middle(t):
+    """A copy of ``t`` (same layout) with a NaN at its middle element."""
     t = t.clone()
-    t.view(-1)[t.numel() // 2] = float("nan")
+    t[torch.unravel_index(torch.tensor(t.numel() // 2), t.shape)] = float("nan")
     return t
 
 
