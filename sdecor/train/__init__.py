@@ -22,9 +22,12 @@ Objective contract
 ``fit(model, objective, train_loader, *, epochs=10, optimizer=None, lr=0.05, momentum=0.9,
 weight_decay=5e-4, schedule="onecycle", device=None, amp=None, amp_dtype="bfloat16", seed=0,
 checkpoint_dir=None, resume=False, eval_loader=None, eval_fn=None, progress=True, meta=None,
-distributed=None, grad_clip=None, max_steps=None) -> History``: every argument is documented
-on :func:`~sdecor.train.loop.fit`. Returns the ``History``; the model is trained in place (and
-left unwrapped, in eval mode).
+distributed=None, grad_clip=None, max_steps=None, max_grad_norm=None) -> History``: every
+argument is documented on :func:`~sdecor.train.loop.fit`. Returns the ``History``; the model is
+trained in place (and left unwrapped, in eval mode). ``checkpoint_dir`` + ``resume=True``
+continue a killed run exactly (``last.pt`` holds every state the rest of the run depends on,
+see :mod:`~sdecor.train.run_state`); a NaN/inf loss or part stops the run with
+``TrainingDiverged`` (:mod:`~sdecor.train.divergence`), keeping the last good checkpoint.
 
 ``History``: ``history.epochs`` is a list of per-epoch dicts with keys ``epoch`` (1-based),
 ``loss``, every scalar part, ``train_acc`` (if logits were given), ``lr`` (at epoch end),
@@ -50,16 +53,20 @@ from the stored spec (or loads the state into ``model`` when given), in eval mod
 ``get_world_size()`` (:mod:`sdecor.train.distributed`).
 
 Modules: :mod:`~sdecor.train.loop` (``fit``, ``evaluate_accuracy``, ``set_seed``),
-:mod:`~sdecor.train.history`, :mod:`~sdecor.train.distributed`, :mod:`~sdecor.train.checkpoint`.
+:mod:`~sdecor.train.history`, :mod:`~sdecor.train.distributed`, :mod:`~sdecor.train.checkpoint`,
+:mod:`~sdecor.train.run_state` (random states and run identity in ``last.pt``),
+:mod:`~sdecor.train.divergence` (``TrainingDiverged``, the on-device non-finite watch).
 """
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distributed import get_rank, get_world_size, is_main_process, resolve_device
+from .divergence import TrainingDiverged
 from .history import History
 from .loop import evaluate_accuracy, fit, set_seed
 
 __all__ = [
     "History",
+    "TrainingDiverged",
     "evaluate_accuracy",
     "fit",
     "get_rank",

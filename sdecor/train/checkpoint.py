@@ -11,7 +11,7 @@ from torch import nn
 from ..models import build_model
 from ..models.introspection import unwrap_model
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "load_training_state", "read_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "sdecor-checkpoint-v1"
 
@@ -27,9 +27,10 @@ def _model_spec(model: nn.Module, meta: dict | None) -> dict | None:
 
 def save_checkpoint(path: str, model: nn.Module, meta: dict | None = None, **extra_state) -> str:
     """Write ``{"format", "model_state", "model_spec", "meta", **extra_state}`` to ``path``
-    atomically (a temporary file renamed into place). ``meta`` should hold plain Python values
-    (dict / list / str / numbers / bool / None) so it loads with ``weights_only=True``.
-    Returns ``path``."""
+    atomically: into a temporary file in the same directory, flushed to disk, then renamed over
+    ``path``. A write that fails (or is killed) leaves the previous ``path`` as it was. ``meta``
+    should hold plain Python values (dict / list / str / numbers / bool / None) so it loads with
+    ``weights_only=True``. Returns ``path``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if meta is not None and not isinstance(meta, dict):
@@ -47,7 +48,10 @@ def save_checkpoint(path: str, model: nn.Module, meta: dict | None = None, **ext
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -56,7 +60,12 @@ def save_checkpoint(path: str, model: nn.Module, meta: dict | None = None, **ext
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
-    """The raw checkpoint dict (loaded with ``weights_only=True``)."""
+    """The raw checkpoint dict (loaded with ``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: a truncated or corrupted file (a one-line message), or not an sdecor checkpoint.
+    """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint path must be a str, got {type(path).__name__}")
     if not os.path.isfile(path):
@@ -64,9 +73,13 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, struct.error, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = os.path.getsize(path)
+        # from None: torch's own traceback is pages long and says nothing more useful
         raise ValueError(
-            f"{path} is not a readable sdecor checkpoint: {str(exc).splitlines()[0] if str(exc) else exc!r}"
-        ) from exc
+            f"checkpoint {path} ({size} bytes) is not a readable sdecor checkpoint: truncated or corrupted "
+            f"({first[:200]}); delete it to start afresh, or point checkpoint_dir at a good copy"
+        ) from None
     if not isinstance(ck, dict) or "model_state" not in ck:
         raise ValueError(
             f"{path} is not an sdecor checkpoint (no 'model_state'; write it with sdecor.train.save_checkpoint)"
@@ -102,3 +115,37 @@ def load_checkpoint(path: str, model: nn.Module | None = None, map_location="cpu
     if spec and "model" not in meta:
         meta["model"] = spec
     return model, meta
+
+
+def load_training_state(ck: dict, path: str, model: nn.Module, objective, optimizer, scaler) -> None:
+    """Load a ``last.pt`` checkpoint (read by :func:`read_checkpoint`) into a run being resumed.
+
+    Checks first that it was written for the same kind of model and objective, then loads the
+    model, optimizer, grad-scaler and objective states (``fit`` restores the schedule and the
+    random states itself).
+
+    Raises:
+        ValueError: another model class or parameter shapes, another objective class or options
+            (the message names the difference), no training state, or an optimizer it does not fit.
+    """
+    from .run_state import check_run_identity, run_identity
+
+    target = unwrap_model(model)
+    check_run_identity(ck.get("run_identity"), run_identity(target, objective), path)
+    if "optimizer" not in ck or "epoch" not in ck:
+        raise ValueError(f"checkpoint {path} has no training state (optimizer, epoch): it cannot be resumed")
+    try:
+        target.load_state_dict(ck["model_state"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit the model: {str(exc).strip().splitlines()[0]}") from None
+    try:
+        optimizer.load_state_dict(ck["optimizer"])  # before the schedule, which adds its keys to the groups
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(
+            f"checkpoint {path} does not fit the optimizer ({str(exc).strip().splitlines()[0]}): resume with the "
+            "optimizer (and parameter groups) it was written with"
+        ) from None
+    if ck.get("scaler"):
+        scaler.load_state_dict(ck["scaler"])
+    if isinstance(objective, nn.Module) and ck.get("objective_state"):
+        objective.load_state_dict(ck["objective_state"])

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from .._validation import check_choice, check_int, check_positive_float
 from ..models.introspection import unwrap_model
-from .checkpoint import read_checkpoint, save_checkpoint
+from .checkpoint import load_training_state, read_checkpoint, save_checkpoint
 from .distributed import (
     distributed_loader,
     get_rank,
@@ -27,7 +27,9 @@ from .distributed import (
     resolve_device,
     want_distributed,
 )
+from .divergence import NonFiniteWatch, check_interval
 from .history import History
+from .run_state import gather_random_states, restore_random_state, run_identity
 
 __all__ = ["SCHEDULES", "evaluate_accuracy", "fit", "set_seed"]
 
@@ -132,7 +134,7 @@ def _fmt(record: dict) -> str:
 
 
 def _check_fit_arguments(
-    model, objective, train_loader, epochs, lr, schedule, amp_dtype, seed, max_steps, grad_clip, optimizer, eval_fn
+    model, objective, train_loader, epochs, lr, schedule, amp_dtype, seed, max_steps, max_grad_norm, optimizer, eval_fn
 ) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -151,8 +153,8 @@ def _check_fit_arguments(
     check_int(seed, "seed")
     if max_steps is not None:
         check_int(max_steps, "max_steps", low=1)
-    if grad_clip is not None:
-        check_positive_float(grad_clip, "grad_clip")
+    if max_grad_norm is not None:
+        check_positive_float(max_grad_norm, "max_grad_norm")
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if eval_fn is not None and not callable(eval_fn):
@@ -175,10 +177,13 @@ class _Run:
     device: torch.device
     use_amp: bool
     dtype: torch.dtype
-    grad_clip: float | None
+    max_grad_norm: float | None
     total_steps: int
     max_steps: int | None
+    watch: NonFiniteWatch
+    check_every: int  # steps between two reads of the divergence flags (one host sync each)
     step: int = 0
+    last_good: str | None = None  # the checkpoint a divergence leaves in place
 
     def done(self) -> bool:
         return self.max_steps is not None and self.step >= self.max_steps
@@ -203,17 +208,53 @@ def _trainable_parameters(model: nn.Module, objective) -> list:
     return params
 
 
-def _resume(run: _Run, path: str) -> tuple[int, History]:
-    """Load ``last.pt`` into the run; returns (epochs already done, their history)."""
+def _resume(run: _Run, path: str) -> tuple[int, History, dict]:
+    """Load ``last.pt`` into the run (checked to be this run's); returns (epochs done, history, checkpoint)."""
     ck = read_checkpoint(path, map_location=run.device)
-    run.model.load_state_dict(ck["model_state"])
-    run.optimizer.load_state_dict(ck["optimizer"])  # before the schedule, which adds its keys to the groups
-    if ck.get("scaler"):
-        run.scaler.load_state_dict(ck["scaler"])
-    if isinstance(run.objective, nn.Module) and ck.get("objective_state"):
-        run.objective.load_state_dict(ck["objective_state"])
+    load_training_state(ck, path, run.model, run.objective, run.optimizer, run.scaler)
     run.step = int(ck.get("step", 0))
-    return int(ck["epoch"]), History.from_dict(ck.get("history", {}))
+    run.last_good = path
+    return int(ck["epoch"]), History.from_dict(ck.get("history", {})), ck
+
+
+def _restore_schedule(run: _Run, ck: dict | None) -> None:
+    """The saved schedule state when this call has the same number of steps (exact), else a replay."""
+    if run.scheduler is not None and ck and ck.get("scheduler") and ck.get("total_steps") == run.total_steps:
+        run.scheduler.load_state_dict(ck["scheduler"])
+        run.optimizer.load_state_dict(ck["optimizer"])  # a new schedule resets the groups' lr and momentum
+    else:
+        _replay_schedule(run)
+
+
+def _save_last(run: _Run, path: str, meta, history: History, epoch: int, loader, distributed: bool, main: bool):
+    """Write ``last.pt``: everything the rest of the run depends on (every rank's random state)."""
+    random_state = gather_random_states(loader, run.objective, distributed)  # after evaluation: the next epoch's
+    if main:
+        save_checkpoint(
+            path,
+            run.model,
+            meta,
+            optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict() if run.scheduler is not None else None,
+            scaler=run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            objective_state=run.objective.state_dict() if isinstance(run.objective, nn.Module) else None,
+            epoch=epoch,
+            step=run.step,
+            total_steps=run.total_steps,
+            history=history.to_dict(),
+            random_state=random_state,
+            run_identity=run_identity(run.model, run.objective),
+        )
+    run.last_good = path
+
+
+def _monitored(loss: torch.Tensor, parts: dict) -> dict:
+    """The loss and the objective's scalar tensor parts: what the divergence watch follows."""
+    out = {"loss": loss}
+    for k, v in parts.items():
+        if k != "logits" and isinstance(v, torch.Tensor) and v.numel() == 1:
+            out[k] = v
+    return out
 
 
 def _replay_schedule(run: _Run) -> None:
@@ -271,19 +312,29 @@ class _EpochSums:
 
 
 def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """One objective call, backward and optimizer (and schedule) step."""
-    with _autocast(run.device, run.use_amp, run.dtype):
-        out = run.objective(run.wrapped, images, labels)
+    """One objective call, backward and optimizer (and schedule) step; the divergence watch is
+    updated on the device and read every ``run.check_every`` steps."""
+    try:
+        with _autocast(run.device, run.use_amp, run.dtype):
+            out = run.objective(run.wrapped, images, labels)
+    except Exception as exc:  # NaN or exploded weights often fail inside the objective first
+        run.watch.check_after_failure(exc, run.params, images, run.step, run.last_good)
+        raise
     if not (isinstance(out, (tuple, list)) and len(out) == 2 and isinstance(out[1], dict)):
         raise TypeError("objective must return (loss, parts: dict)")
     loss, parts = out
     if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
         raise TypeError("objective must return a scalar loss tensor")
+    run.watch.update(_monitored(loss, parts))
+    if (run.step + 1) % run.check_every == 0:
+        run.watch.check(run.last_good)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
-    if run.grad_clip is not None:
+    if run.max_grad_norm is not None:
         run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.params, run.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(run.params, run.max_grad_norm)
+        if not run.scaler.is_enabled():  # with loss scaling an inf norm is a skipped step, not a divergence
+            run.watch.update({"grad_norm": norm}, count=False)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     if run.scheduler is not None and run.step < run.total_steps - 1:
@@ -353,6 +404,7 @@ def fit(
     distributed: bool | None = None,
     grad_clip: float | None = None,
     max_steps: int | None = None,
+    max_grad_norm: float | None = None,
 ) -> History:
     """Train ``model`` in place with ``objective``; return the per-epoch :class:`History`.
 
@@ -386,11 +438,21 @@ def fit(
         seed: ``set_seed(seed + rank)`` at the start (weights are initialised before ``fit``:
             call ``set_seed`` before building the model for reproducible runs); also the seed of
             the ``DistributedSampler``.
-        checkpoint_dir: rank 0 writes ``last.pt`` after every epoch (model, optimizer, scaler,
-            objective state, epoch, step, history, ``meta``) and ``final.pt`` at the end (model,
-            meta, history).
-        resume: continue from ``checkpoint_dir/last.pt`` if it exists (the schedule follows
-            this call's ``epochs``).
+        checkpoint_dir: rank 0 writes ``last.pt`` after every epoch (after evaluation) and
+            ``final.pt`` at the end (model, meta, history). ``last.pt`` holds everything the rest
+            of the run depends on: the model, optimizer, schedule, grad-scaler and objective
+            states, the epoch and step counts, the history, ``meta``, the random states of
+            python, numpy and torch (CPU and CUDA; every rank's), of the loader's generators (the
+            next epochs' order) and of the objective's generators (e.g. the uniform fills), and
+            the model's and objective's identity. Each write goes to a temporary file, flushed,
+            then renamed over the previous one: a failed or killed write leaves the last good
+            checkpoint in place.
+        resume: continue from ``checkpoint_dir/last.pt`` if it exists. With the same arguments
+            the resumed run repeats the uninterrupted one exactly (bitwise on CPU; on a GPU as
+            far as its kernels are deterministic), from the end of the last finished epoch; a
+            different ``epochs`` replays the schedule for the new length instead. A checkpoint
+            of another model or objective raises ``ValueError`` naming the difference; a
+            truncated or corrupted file a short ``ValueError``.
         eval_loader: after every epoch ``eval_acc`` = :func:`evaluate_accuracy` (on every rank,
             on the full loader).
         eval_fn: ``eval_fn(model) -> dict`` on rank 0 after every epoch, with the unwrapped
@@ -402,17 +464,43 @@ def fit(
             needed (nccl on CUDA, gloo on CPU), the model wrapped in DDP, a ``DataLoader``
             rebuilt with a ``DistributedSampler`` (same batch size per rank), the logged parts
             all-reduced, and logging, progress and checkpoints left to rank 0.
-        grad_clip: clip the gradient norm of the optimised parameters to this (> 0).
+        grad_clip: the old name of ``max_grad_norm`` (give one of them).
         max_steps: stop after this many optimizer steps in total (smoke tests).
+        max_grad_norm: clip the total gradient norm of the optimised parameters to this (> 0)
+            before every optimizer step (after unscaling, with float16 loss scaling).
+
+    Divergence: the loss and each scalar part of the objective (and the gradient norm when
+    clipping) are checked for NaN/inf at every step, by flags kept on the device: read every
+    step on CPU, every :data:`~sdecor.train.divergence.CHECK_EVERY_CUDA` steps on a GPU (one host
+    sync each), at every epoch end and when the objective raises. A non-finite value stops the
+    run with :class:`~sdecor.train.divergence.TrainingDiverged` naming the epoch, the step, the
+    part(s) that went non-finite first and the remedies; ``last.pt`` is not overwritten, so it
+    keeps the last good epoch.
 
     Raises:
         TypeError: a bad argument type, or an objective that does not return
             ``(scalar loss tensor, dict)``.
         ValueError: a bad argument value, an empty ``train_loader``, an unavailable device.
-        FloatingPointError: an epoch's mean loss is not finite.
+        TrainingDiverged: (a ``FloatingPointError``) the loss or a part of it became NaN or inf,
+            or the objective failed on non-finite values made by the model.
     """
+    if grad_clip is not None:
+        if max_grad_norm is not None:
+            raise ValueError("give max_grad_norm only (grad_clip is its old name)")
+        max_grad_norm = grad_clip
     _check_fit_arguments(
-        model, objective, train_loader, epochs, lr, schedule, amp_dtype, seed, max_steps, grad_clip, optimizer, eval_fn
+        model,
+        objective,
+        train_loader,
+        epochs,
+        lr,
+        schedule,
+        amp_dtype,
+        seed,
+        max_steps,
+        max_grad_norm,
+        optimizer,
+        eval_fn,
     )
     distributed = want_distributed(distributed)
     device = resolve_device(device)
@@ -446,20 +534,33 @@ def fit(
         device=device,
         use_amp=use_amp,
         dtype=dtype,
-        grad_clip=grad_clip,
+        max_grad_norm=max_grad_norm,
         total_steps=total_steps,
         max_steps=max_steps,
+        watch=NonFiniteWatch(device, lr_hint=f" (lr={lr:g} now)"),
+        check_every=check_interval(device),
     )
-    history, start_epoch = History(), 0
+    history, start_epoch, ck = History(), 0, None
     last_path = os.path.join(checkpoint_dir, "last.pt") if checkpoint_dir else None
     if resume and last_path and os.path.isfile(last_path):
-        start_epoch, history = _resume(run, last_path)
+        start_epoch, history, ck = _resume(run, last_path)
     run.scheduler = _make_schedule(schedule, optimizer, lr, total_steps)
-    _replay_schedule(run)
+    _restore_schedule(run, ck)
     if distributed:
         run.wrapped = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if ck is not None and ck.get("random_state"):  # last: nothing after this may draw before the next epoch
+        states = ck["random_state"]
+        if rank < len(states):
+            restore_random_state(states[rank], loader, objective)
+        else:
+            warnings.warn(
+                f"{last_path} holds the random states of {len(states)} ranks, none for rank {rank}: this rank "
+                "keeps its fresh seed and the resumed run will not repeat the uninterrupted one exactly",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     bar_cls = None
     if progress and main:
@@ -471,6 +572,7 @@ def fit(
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        run.watch.start_epoch(epoch + 1, run.step)
         t0 = time.perf_counter()
         bar = (
             bar_cls(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
@@ -480,31 +582,22 @@ def fit(
         sums = _train_epoch(run, loader, bar)
         if bar is not None:
             bar.close()
+        run.watch.check(run.last_good)  # before anything is written: last.pt keeps the last good epoch
         if not sums.sums:  # max_steps reached before this epoch did anything
             break
         record = {"epoch": epoch + 1, **sums.record(distributed)}
         record["lr"] = float(optimizer.param_groups[0]["lr"])
         if not math.isfinite(record["loss"]):
             raise FloatingPointError(
-                f"training diverged: epoch {epoch + 1} loss is {record['loss']} (lower lr, or enable grad_clip)"
+                f"training diverged: epoch {epoch + 1} loss is {record['loss']} (lower lr, or set max_grad_norm)"
             )
         _evaluate_epoch(model, record, eval_loader, eval_fn, device, use_amp, main)
         record["time_s"] = time.perf_counter() - t0
         history.append(record)
         if main and bar_cls is not None:
             bar_cls.write(f"epoch {epoch + 1}/{epochs}: {_fmt({k: v for k, v in record.items() if k != 'epoch'})}")
-        if last_path and main:
-            save_checkpoint(
-                last_path,
-                model,
-                meta,
-                optimizer=optimizer.state_dict(),
-                scaler=scaler.state_dict() if scaler.is_enabled() else None,
-                objective_state=objective.state_dict() if isinstance(objective, nn.Module) else None,
-                epoch=epoch + 1,
-                step=run.step,
-                history=history.to_dict(),
-            )
+        if last_path:
+            _save_last(run, last_path, meta, history, epoch + 1, loader, distributed, main)
     if checkpoint_dir and main:
         save_checkpoint(os.path.join(checkpoint_dir, "final.pt"), model, meta, history=history.to_dict())
     if distributed:

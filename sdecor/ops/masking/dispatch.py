@@ -27,6 +27,8 @@ compiled ops: :mod:`sdecor.ops.masking.library`, registered when the extension l
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..._validation import check_choice, check_tensor
@@ -180,8 +182,8 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
 
 
 def _channel_rows(x: torch.Tensor) -> torch.Tensor:
-    B = x.shape[0]
-    return x.reshape(B, x.shape[1], -1) if x.ndim >= 3 else x.reshape(B, 1, -1)
+    B = x.shape[0]  # explicit sizes: a -1 is ambiguous for an empty x
+    return x.reshape(B, x.shape[1], math.prod(x.shape[2:])) if x.ndim >= 3 else x.reshape(B, 1, math.prod(x.shape[1:]))
 
 
 def _channel_bcast_shape(x: torch.Tensor) -> tuple:
