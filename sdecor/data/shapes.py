@@ -68,7 +68,7 @@ def make_shapes_in_texture(
     *,
     n_samples: int | None = None,
     n_distractors: int = 2,
-    scale_range: tuple[float, float] = (0.35, 0.55),
+    scale_range: tuple[float, float] = (0.45, 0.7),
     keep_backgrounds: bool = False,
     device="cpu",
 ) -> ClutterData:
