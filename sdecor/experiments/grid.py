@@ -416,7 +416,8 @@ def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str
         ax.set_ylabel(label)
         ax.set_xticks(range(len(cells)))
         ax.set_xticklabels([c.replace("|", "\n") for c in cells], fontsize=7)
-    axes[0][0].legend(fontsize=7, ncol=min(4, len(methods)))
+    if methods:
+        axes[0][0].legend(fontsize=7, ncol=min(4, len(methods)))
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -473,7 +474,8 @@ def main(argv=None) -> int:
             config=config,
             method_table=table,
         )
-    write_report(args.out, figure=args.figure, table=args.table)
+    total = len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
+    write_report(args.out, figure=args.figure, table=args.table, total=total)
     return 0
 
 

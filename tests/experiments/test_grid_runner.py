@@ -108,3 +108,19 @@ def test_paired_deltas_use_shared_seeds():
     assert row["delta_accuracy"]["mean"] == pytest.approx((-0.05 - 0.01) / 2)
     assert row["delta_accuracy"]["std"] == pytest.approx(((0.02**2 + 0.02**2) / 1) ** 0.5)
     assert row["accuracy"]["n"] == 2
+
+
+def test_compare_grid_command(tmp_path, capsys):
+    from sdecor.cli import main
+
+    path = str(tmp_path / "g.json")
+    argv = ["compare", "--grid", path, "--grid-families", "digits-shortcut", "--grid-models", "small_cnn"]
+    argv += ["--grid-regimes", "sgd", "--grid-methods", "standard", "--seeds", "1", "--grid-epochs", "1"]
+    argv += ["--n-train", "64", "--n-test", "32", "--threads", "1", "--quiet"]
+    assert main(argv) == 0
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    assert [r["key"] for r in runs] == ["digits-shortcut|small_cnn|sgd|standard|0"]
+    assert (tmp_path / "g.md").read_text().count("digits-shortcut / small_cnn / sgd") == 1
+    assert "1 runs of 1" in capsys.readouterr().out
+    assert (tmp_path / "g.png").exists()
