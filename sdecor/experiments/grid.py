@@ -51,6 +51,7 @@ __all__ = [
     "train_and_evaluate",
     "run_grid",
     "load_records",
+    "merge_records",
     "grid_summary",
     "grid_table",
     "grid_figure",
@@ -207,6 +208,27 @@ def load_records(path: str) -> dict:
         return {"config": None, "runs": []}
     with open(path) as f:
         return json.load(f)
+
+
+def merge_records(paths, out: str) -> dict:
+    """Merge grid files (each written with the same :class:`GridConfig`) into ``out`` (which may be
+    one of them): runs keep their first-seen order, a key seen twice is kept once. Raises
+    ``ValueError`` when the files' configs differ. Returns the merged contents."""
+    merged: dict = {"config": None, "runs": []}
+    seen = set()
+    for path in [out, *paths]:
+        state = load_records(path)
+        if not state["runs"]:
+            continue
+        if merged["config"] is not None and state["config"] != merged["config"]:
+            raise ValueError(f"{path} was written with another grid config than the files before it")
+        merged["config"] = state["config"]
+        for record in state["runs"]:
+            if record["key"] not in seen:
+                seen.add(record["key"])
+                merged["runs"].append(record)
+    _write_atomic(out, merged)
+    return merged
 
 
 def _write_atomic(path: str, payload: dict) -> None:
@@ -457,11 +479,14 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--report", action="store_true", help="only write the table and figure from the file")
+    p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="first merge these grid files into OUT")
     p.add_argument("--figure", default=None, help="figure path (default: OUT with .png)")
     p.add_argument("--table", default=None, help="Markdown table path (default: OUT with .md)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.merge:
+        merge_records(args.merge, args.out)
     if not args.report:
         config = GridConfig(epochs=args.epochs, n_train=args.n_train, n_test=args.n_test)
         run_grid(

@@ -124,3 +124,22 @@ def test_compare_grid_command(tmp_path, capsys):
     assert (tmp_path / "g.md").read_text().count("digits-shortcut / small_cnn / sgd") == 1
     assert "1 runs of 1" in capsys.readouterr().out
     assert (tmp_path / "g.png").exists()
+
+
+def test_merge_records(tmp_path):
+    from sdecor.experiments.grid import load_records, merge_records
+
+    def write(name, keys, config):
+        path = str(tmp_path / name)
+        with open(path, "w") as f:
+            json.dump({"config": config, "runs": [{"key": k} for k in keys]}, f)
+        return path
+
+    a = write("a.json", ["x", "y"], {"epochs": 1})
+    b = write("b.json", ["y", "z"], {"epochs": 1})
+    merged = merge_records([b], a)
+    assert [r["key"] for r in merged["runs"]] == ["x", "y", "z"]
+    assert load_records(a) == merged
+    c = write("c.json", ["w"], {"epochs": 2})
+    with pytest.raises(ValueError, match="another grid config"):
+        merge_records([c], a)
