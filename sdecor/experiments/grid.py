@@ -169,19 +169,18 @@ def train_and_evaluate(
     total_steps = config.epochs * len(data.train_loader)
     resolved = _resolve_options(options or {}, total_steps)
     start = time.perf_counter()
-    with build_objective(method, net, **resolved) as objective:
-        history = fit(
-            net,
-            objective,
-            data.train_loader,
-            epochs=config.epochs,
-            optimizer=_optimizer(regime, net.parameters()),
-            lr=regime.lr,
-            schedule="onecycle",
-            device=device,
-            seed=seed,
-            progress=False,
-        )
+    history = fit(
+        net,
+        build_objective(method, **resolved),
+        data.train_loader,
+        epochs=config.epochs,
+        optimizer=_optimizer(regime, net.parameters()),
+        lr=regime.lr,
+        schedule="onecycle",
+        device=device,
+        seed=seed,
+        progress=False,
+    )
     train_time = time.perf_counter() - start
     start = time.perf_counter()
     subset = torch.utils.data.Subset(

@@ -58,7 +58,8 @@ def test_ramp_weight_at_step_t_and_the_loss_by_hand():
     inner = Tiny()
     model = Recorder(inner).train()
     images, labels = _batch()
-    with SaliencyDecor(model, lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0) as obj:
+    if True:
+        obj = SaliencyDecor(lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0)
         for t in range(6):
             expected_w = 2.0 * min(1.0, t / 4)
             assert obj.consistency_weight() == pytest.approx(expected_w)
@@ -85,10 +86,11 @@ def test_ramp_weight_at_step_t_and_the_loss_by_hand():
 
 
 def test_no_ramp_is_the_constant_weight():
-    with SaliencyDecor(Tiny(), lambda_consistency=3.0) as obj:
-        assert obj.consistency_weight() == 3.0
+    assert SaliencyDecor(lambda_consistency=3.0).consistency_weight() == 3.0
     with pytest.raises(ValueError):
-        SaliencyDecor(Tiny(), consistency_ramp_steps=-1)
+        SaliencyDecor(consistency_ramp_steps=-1)
+    with pytest.raises(TypeError):
+        SaliencyDecor(consistency_ramp_steps=1.5)
 
 
 def test_stop_gradient_target_by_hand():
@@ -99,9 +101,9 @@ def test_stop_gradient_target_by_hand():
     grads = {}
     for detach in (True, False):
         net = copy.deepcopy(model)
-        with SaliencyDecor(net, lambda_consistency=1.5, lambda_decor=0.0, detach_target=detach, fill=0.0) as obj:
-            loss, _ = obj(net, images, labels)
-            loss.backward()
+        obj = SaliencyDecor(lambda_consistency=1.5, lambda_decor=0.0, detach_target=detach, fill=0.0)
+        loss, _ = obj(net, images, labels)
+        loss.backward()
         grads[detach] = [p.grad.clone() for p in net.inner.parameters()]
         masked = net.calls[-1]
         ref = copy.deepcopy(inner)
@@ -130,9 +132,9 @@ def test_frozen_masked_bn_leaves_running_stats_to_the_clean_batch(mode):
     model = Tiny().train()
     clean_only = copy.deepcopy(model)
     images, labels = _batch(seed=5)
-    with SaliencyDecor(model, masked_bn=mode, fill=0.0) as obj:
-        loss, _ = obj(model, images, labels)
-        loss.backward()  # the graph survives the frozen statistics
+    obj = SaliencyDecor(masked_bn=mode, fill=0.0)
+    loss, _ = obj(model, images, labels)
+    loss.backward()  # the graph survives the frozen statistics
     clean_only(images)  # one train-mode forward of the clean batch
     same = torch.allclose(model.bn.running_mean, clean_only.bn.running_mean) and torch.allclose(
         model.bn.running_var, clean_only.bn.running_var
