@@ -391,6 +391,8 @@ def grid_summary(records: list[dict], baseline: str = "standard") -> dict:
 def _fmt(stats: dict | None, signed: bool = False) -> str:
     if stats is None:
         return "n/a"
+    if stats["n"] == 1:  # one seed: no spread to show
+        return f"{stats['mean']:+.3f}" if signed else f"{stats['mean']:.3f}"
     return f"{stats['mean']:+.3f} ± {stats['std']:.3f}" if signed else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
@@ -500,7 +502,11 @@ def main(argv=None) -> int:
             config=config,
             method_table=table,
         )
-    total = len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
+    total = (
+        None
+        if args.report
+        else len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
+    )
     write_report(args.out, figure=args.figure, table=args.table, total=total)
     return 0
 
