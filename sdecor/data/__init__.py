@@ -64,6 +64,9 @@ Two more generated families, with the same ``ClutterData`` tensors and exact obj
     ``"digits-shortcut"``: digits-in-clutter with a coloured corner square whose colour is the
     label's in ``cue_agreement`` of the train images and random in test (a shortcut);
     ``meta["cue_colour"]`` records it and :func:`cue_colours_of` reads it back from images.
+``make_framed_digits(split, size=32, seed=0, *, n_digits=2, ...)``
+    ``"framed-digits"``: several whole digits of different classes side by side; the one inside
+    a thin red frame is the label and the only one in the mask.
 
 ``ImageFolderDataset(root, size=32, files=None)`` and ``torchvision_dataset(name, root, train,
 download=False)``: the building blocks of ``make_loaders``; ``load_image(path, size, channels=3)``
@@ -76,6 +79,7 @@ attributions stay in the [0, 1] pixel space that the metrics and the plots assum
 """
 
 from .clutter import ClutterData, DigitsInClutter, load_optdigits, make_digits_in_clutter
+from .framed import FRAME_COLOUR, FramedDigits, make_framed_digits
 from .loaders import (
     DATASET_NAMES,
     DatasetInfo,
@@ -105,4 +109,7 @@ __all__ = [
     "DigitsShortcut",
     "cue_colours_of",
     "make_digits_shortcut",
+    "FRAME_COLOUR",
+    "FramedDigits",
+    "make_framed_digits",
 ]

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._validation import check_int
 from .clutter import DigitsInClutter
+from .framed import FramedDigits
 from .shapes import ShapesInTexture
 from .shortcut import DigitsShortcut
 
@@ -24,6 +25,7 @@ GENERATED = {
     "digits-in-clutter": DigitsInClutter,
     "shapes-in-texture": ShapesInTexture,
     "digits-shortcut": DigitsShortcut,
+    "framed-digits": FramedDigits,
 }
 #: Built-in data set names (anything else is a directory or ``torchvision:NAME:ROOT``).
 DATASET_NAMES = tuple(GENERATED)
