@@ -171,7 +171,7 @@ def add_arguments(parser) -> None:
     grid.add_argument("--grid-models", type=_names, default=None, metavar="LIST", help="models (default: all)")
     grid.add_argument("--grid-regimes", type=_names, default=None, metavar="LIST", help="regimes (default: sgd,adam)")
     grid.add_argument("--grid-methods", type=_names, default=None, metavar="LIST", help="grid methods (default: all)")
-    grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per grid run (default: 8)")
+    grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per grid run (default: 12)")
     grid.add_argument("--grid-report", action="store_true", help="only write the grid's table and figure")
 
 

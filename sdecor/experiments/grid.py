@@ -97,7 +97,7 @@ GRID_METHODS = {
 class GridConfig:
     """Everything but the cell, method and seed that a run's result depends on."""
 
-    epochs: int = 8
+    epochs: int = 12
     small_cnn_width: int = 16
     n_train: int | None = None
     n_test: int | None = None
