@@ -396,13 +396,21 @@ def _fmt(stats: dict | None, signed: bool = False) -> str:
     return f"{stats['mean']:+.3f} ± {stats['std']:.3f}" if signed else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
-def grid_table(summary: dict, metrics=SUMMARY_METRICS, deltas=("accuracy", "relevance_mass_accuracy")) -> str:
-    """A Markdown table: one row per (cell, method); mean ± std over seeds, then the paired changes
-    against cross-entropy, and n (seeds)."""
+#: The decorrelation question: SaliencyDecor's defaults with lambda_decor 0, 0.1 (default) and 1.
+DECORRELATION_METHODS = ("sd_ld0", "saliencydecor", "sd_ld1")
+
+
+def grid_table(
+    summary: dict, metrics=SUMMARY_METRICS, deltas=("accuracy", "relevance_mass_accuracy"), methods=None
+) -> str:
+    """A Markdown table: one row per (cell, method) (only ``methods``, in that order, when given);
+    mean ± std over seeds, then the paired changes against cross-entropy, and n (seeds)."""
     head = ["cell", "method", "n"] + list(metrics) + [f"Δ {m}" for m in deltas]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for cell, methods in summary.items():
-        for method, row in methods.items():
+    for cell, rows in summary.items():
+        names = [m for m in methods if m in rows] if methods is not None else list(rows)
+        for method in names:
+            row = rows[method]
             n = max((row[m]["n"] for m in metrics if row.get(m)), default=0)
             cells = [cell.replace("|", " / "), method, str(n)]
             cells += [_fmt(row.get(m)) for m in metrics]
@@ -520,6 +528,10 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     note = f"{len(runs)} runs" + (f" of {total}" if total else "")
     text = f"Grid results from `{os.path.basename(path)}` ({note}; config {json.dumps(state['config'])}).\n\n"
     text += grid_table(summary) + "\n"
+    dec = {c: rows for c, rows in summary.items() if sum(m in rows for m in DECORRELATION_METHODS) >= 2}
+    if dec:
+        text += "\nDecorrelation weight (lambda_decor 0 / 0.1 = default / 1), cells with at least two of them:\n\n"
+        text += grid_table(dec, methods=DECORRELATION_METHODS) + "\n"
     with open(table or stem + ".md", "w") as f:
         f.write(text)
     if runs:

@@ -108,6 +108,9 @@ def test_paired_deltas_use_shared_seeds():
     assert row["delta_accuracy"]["mean"] == pytest.approx((-0.05 - 0.01) / 2)
     assert row["delta_accuracy"]["std"] == pytest.approx(((0.02**2 + 0.02**2) / 1) ** 0.5)
     assert row["accuracy"]["n"] == 2
+    table = grid_table(grid_summary(records), metrics=("accuracy",), methods=("sd", "absent"))
+    assert table.splitlines()[2].startswith("| f / m / r | sd | 2 | 0.820 ± 0.042 | -0.030 ± 0.028 |")
+    assert len(table.splitlines()) == 3
 
 
 def test_compare_grid_command(tmp_path, capsys):
