@@ -510,11 +510,8 @@ def main(argv=None) -> int:
             config=config,
             method_table=table,
         )
-    total = (
-        None
-        if args.report
-        else len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
-    )
+    # the grid the arguments describe (with --report too: pass the grid's arguments to get "n runs of N")
+    total = len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
     write_report(args.out, figure=args.figure, table=args.table, total=total)
     return 0
 
