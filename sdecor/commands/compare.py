@@ -159,6 +159,57 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    grid = parser.add_argument_group(
+        "benchmark grid",
+        "--grid FILE runs (or resumes) the grid of data families x models x training regimes x methods x "
+        "seeds instead of one comparison, appending each finished run to FILE (JSON) and writing the table "
+        "(FILE.md) and figure (FILE.png) beside it; --seeds, --threads, --n-train, --n-test and --quiet apply, "
+        "the other options above do not",
+    )
+    grid.add_argument("--grid", default=None, metavar="FILE", help="run the benchmark grid into FILE")
+    grid.add_argument("--grid-families", type=_names, default=None, metavar="LIST", help="data families (default: all)")
+    grid.add_argument("--grid-models", type=_names, default=None, metavar="LIST", help="models (default: all)")
+    grid.add_argument("--grid-regimes", type=_names, default=None, metavar="LIST", help="regimes (default: sgd,adam)")
+    grid.add_argument("--grid-methods", type=_names, default=None, metavar="LIST", help="grid methods (default: all)")
+    grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per grid run (default: 12)")
+    grid.add_argument("--grid-report", action="store_true", help="only write the grid's table and figure")
+
+
+def _names(text: str) -> tuple:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
+    return names
+
+
+def run_grid_command(args) -> int:
+    """``sdecor compare --grid FILE``: the benchmark grid (see :mod:`sdecor.experiments.grid`)."""
+    import torch
+
+    from ..experiments import grid as G
+    from ..experiments.runner import default_threads
+
+    torch.set_num_threads(args.threads or default_threads())
+    families = args.grid_families or G.FAMILIES
+    models = args.grid_models or G.MODELS
+    regimes = args.grid_regimes or tuple(G.REGIMES)
+    methods = args.grid_methods or tuple(G.GRID_METHODS)
+    total = len(list(G.grid_runs(families, models, regimes, methods, args.seeds)))
+    if not args.grid_report:
+        config = G.GridConfig(epochs=args.grid_epochs or G.GridConfig.epochs, n_train=args.n_train, n_test=args.n_test)
+        G.run_grid(
+            args.grid,
+            families=families,
+            models=models,
+            regimes=regimes,
+            methods=methods,
+            seeds=args.seeds,
+            config=config,
+            method_table={**G.GRID_METHODS, **G.CANDIDATES},
+            progress=not args.quiet,
+        )
+    G.write_report(args.grid, total=total)
+    return 0
 
 
 def _device(text: str):
@@ -200,6 +251,9 @@ def run(args) -> int:
     import os
 
     import torch
+
+    if getattr(args, "grid", None):
+        return run_grid_command(args)
 
     from ..experiments.compare import compare
     from ..experiments.runner import EvalConfig, default_threads

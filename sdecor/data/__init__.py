@@ -53,6 +53,21 @@ n_train=None, n_test=None, shuffle=True, drop_last=False, distributed=None, down
 embedded digits (see ``OPTDIGITS_LICENSE.txt``: UCI ML repository, Alpaydin & Kaynak 1998,
 CC BY 4.0).
 
+Two more generated families, with the same ``ClutterData`` tensors and exact object masks
+(``make_loaders`` names in ``DATASET_NAMES``):
+
+``make_shapes_in_texture(split, size=32, seed=0, *, n_samples=None, n_distractors=2, ...)``
+    ``"shapes-in-texture"``: six shape classes (:data:`SHAPES`) told apart from a striped
+    background of the same two colours only by their stripes' direction (no colour cue);
+    distractors carry the object's texture.
+``make_digits_shortcut(split, size=32, seed=0, *, cue_agreement=0.9, test_cue_agreement=None, ...)``
+    ``"digits-shortcut"``: digits-in-clutter with a coloured corner square whose colour is the
+    label's in ``cue_agreement`` of the train images and random in test (a shortcut);
+    ``meta["cue_colour"]`` records it and :func:`cue_colours_of` reads it back from images.
+``make_framed_digits(split, size=32, seed=0, *, n_digits=2, ...)``
+    ``"framed-digits"``: several whole digits of different classes side by side; the one inside
+    a thin red frame is the label and the only one in the mask.
+
 ``ImageFolderDataset(root, size=32, files=None)`` and ``torchvision_dataset(name, root, train,
 download=False)``: the building blocks of ``make_loaders``; ``load_image(path, size, channels=3)``
 reads one image as a float (C, H, W) tensor in [0, 1].
@@ -64,6 +79,7 @@ attributions stay in the [0, 1] pixel space that the metrics and the plots assum
 """
 
 from .clutter import ClutterData, DigitsInClutter, load_optdigits, make_digits_in_clutter
+from .framed import FRAME_COLOUR, FramedDigits, make_framed_digits
 from .loaders import (
     DATASET_NAMES,
     DatasetInfo,
@@ -72,6 +88,8 @@ from .loaders import (
     make_loaders,
     torchvision_dataset,
 )
+from .shapes import SHAPES, ShapesInTexture, make_shapes_in_texture
+from .shortcut import CUE_COLOURS, DigitsShortcut, cue_colours_of, make_digits_shortcut
 
 __all__ = [
     "ClutterData",
@@ -84,4 +102,14 @@ __all__ = [
     "load_image",
     "make_loaders",
     "torchvision_dataset",
+    "SHAPES",
+    "ShapesInTexture",
+    "make_shapes_in_texture",
+    "CUE_COLOURS",
+    "DigitsShortcut",
+    "cue_colours_of",
+    "make_digits_shortcut",
+    "FRAME_COLOUR",
+    "FramedDigits",
+    "make_framed_digits",
 ]

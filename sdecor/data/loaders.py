@@ -14,11 +14,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .._validation import check_int
 from .clutter import DigitsInClutter
+from .framed import FramedDigits
+from .shapes import ShapesInTexture
+from .shortcut import DigitsShortcut
 
 __all__ = ["DATASET_NAMES", "DatasetInfo", "ImageFolderDataset", "load_image", "make_loaders", "torchvision_dataset"]
 
+#: Built-in (generated) data sets: name -> Dataset class ``(split, size, seed, **kwargs)`` with ``.classes``.
+GENERATED = {
+    "digits-in-clutter": DigitsInClutter,
+    "shapes-in-texture": ShapesInTexture,
+    "digits-shortcut": DigitsShortcut,
+    "framed-digits": FramedDigits,
+}
 #: Built-in data set names (anything else is a directory or ``torchvision:NAME:ROOT``).
-DATASET_NAMES = ("digits-in-clutter",)
+DATASET_NAMES = tuple(GENERATED)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -226,9 +236,10 @@ def make_loaders(
     check_int(size, "size", low=1)
     check_int(num_workers, "num_workers", low=0)
     if name in DATASET_NAMES:
-        train_ds = DigitsInClutter("train", size, seed, **dataset_kwargs)
-        test_ds = DigitsInClutter("test", size, seed, **dataset_kwargs)
-        classes, shape, has_masks = DigitsInClutter.classes, (3, size, size), True
+        family = GENERATED[name]
+        train_ds = family("train", size, seed, **dataset_kwargs)
+        test_ds = family("test", size, seed, **dataset_kwargs)
+        classes, shape, has_masks = family.classes, (3, size, size), True
     elif name.startswith("torchvision:"):
         parts = name.split(":", 2)
         if len(parts) != 3 or not parts[1] or not parts[2]:

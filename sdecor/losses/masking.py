@@ -5,9 +5,10 @@
   channels (B, 1, H, W); the model runs in eval mode for it, as in both branches of the official
   Saliency Guided Training code.
 * :func:`mask_least_salient`: replace the least salient pixels of each sample.
-* :func:`forward_pair`: the clean and the perturbed batch through the model, with the three
+* :func:`forward_pair`: the clean and the perturbed batch through the model, with the four
   ways the perturbed batch can meet BatchNorm (:data:`MASKED_BN`), recording the clean batch's
   features at a layer when asked.
+* :func:`frozen_running_stats`: BatchNorm running statistics left untouched by the forwards of a block.
 * :func:`eval_mode`: every submodule in eval mode for a block, each flag restored afterwards.
 * Option checks: :func:`check_fraction`, :func:`check_fill`, :func:`check_masked_bn`.
 """
@@ -37,6 +38,7 @@ __all__ = [
     "check_masked_bn",
     "eval_mode",
     "forward_pair",
+    "frozen_running_stats",
     "input_saliency",
     "mask_least_salient",
 ]
@@ -45,8 +47,10 @@ __all__ = [
 #: ``"train"``: its own forward in train mode (batch statistics of the perturbed batch; running
 #: statistics updated by it too), as both branches of the official SGT code do;
 #: ``"joint"``: concatenated with the clean batch in one train-mode forward (shared statistics);
-#: ``"eval"``: its own forward in eval mode (running statistics, no update; dropout off).
-MASKED_BN = ("train", "joint", "eval")
+#: ``"eval"``: its own forward in eval mode (running statistics, no update; dropout off);
+#: ``"frozen"``: its own forward in train mode (batch statistics of the perturbed batch) that
+#: leaves the running statistics as they were (only the clean batches set what test time uses).
+MASKED_BN = ("train", "joint", "eval", "frozen")
 
 
 #: What :func:`input_saliency` differentiates: ``"logit"``, the target's logit z_y (the official
@@ -106,6 +110,27 @@ def _log_prob_gradient(model: nn.Module, images: torch.Tensor, labels: torch.Ten
     return grad
 
 
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module) -> Iterator[nn.Module]:
+    """Forwards inside leave every BatchNorm's running statistics (and batch counter) unchanged;
+    in train mode they still normalise with their batch statistics. (The update is switched off
+    with ``momentum = 0`` rather than undone afterwards: the buffers are inputs of the autograd
+    graph, which must not see them change.)"""
+    saved = [
+        (m, m.momentum, m.num_batches_tracked.clone())
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.running_mean is not None
+    ]
+    try:
+        for m, _, _ in saved:
+            m.momentum = 0.0
+        yield model
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
+
+
 def input_saliency(
     model: nn.Module,
     images: torch.Tensor,
@@ -154,7 +179,8 @@ def forward_pair(
     """Clean and perturbed logits, and the clean batch's features at ``feature_layer`` (or None).
 
     ``masked_bn`` (see :data:`MASKED_BN`): ``"train"`` two train-mode forwards; ``"joint"`` one
-    forward of the concatenated batch; ``"eval"`` the perturbed batch in eval mode. The model's
+    forward of the concatenated batch; ``"eval"`` the perturbed batch in eval mode; ``"frozen"``
+    two train-mode forwards, the perturbed one leaving the running statistics unchanged. The model's
     own mode is used for the clean batch. With ``record=True`` the clean batch's features at
     ``feature_layer`` (anything :func:`sdecor.models.record_features` accepts; None: the
     penultimate features) are returned too: the layer is hooked for the clean forward only and
@@ -175,6 +201,9 @@ def forward_pair(
             features = rec.pop()
     if masked_bn == "eval":
         with eval_mode(model):
+            perturbed_logits = model(perturbed)
+    elif masked_bn == "frozen":
+        with frozen_running_stats(model):
             perturbed_logits = model(perturbed)
     else:
         perturbed_logits = model(perturbed)

@@ -23,7 +23,9 @@ parameter:
 
 from __future__ import annotations
 
-from .._validation import check_choice, check_positive_float
+import torch
+
+from .._validation import check_choice, check_int, check_positive_float
 from ..ops import decorrelation_loss
 from .base import check_feature_layer, consistency_kl, cross_entropy
 from .sgt import SaliencyGuidedTraining
@@ -59,6 +61,11 @@ class SaliencyDecor(SaliencyGuidedTraining):
             |saliency|, by default; the SGT class keeps the official CIFAR branch's 10%, signed).
         decor_mode: ``"correlation"`` or ``"covariance"``.
         decor_reduction: ``"mean"`` or ``"sum"`` (see :func:`sdecor.decorrelation_loss`).
+        consistency_ramp_steps: ``R``; the consistency weight rises linearly from 0 to
+            ``lambda_consistency`` over the first ``R`` training steps (calls in train mode with
+            grad enabled, counted in the ``step`` attribute, not saved); 0 (default) means no ramp.
+        detach_target: use the clean prediction as a fixed target in the KL (stop-gradient):
+            the consistency term then only moves the masked prediction.
 
     Parts: ``ce``, ``consistency``, ``decor`` (both unweighted), ``total``, ``logits``.
     """
@@ -75,6 +82,8 @@ class SaliencyDecor(SaliencyGuidedTraining):
         masked_bn: str = "train",
         decor_reduction: str = "mean",
         generator=None,
+        consistency_ramp_steps: int = 0,
+        detach_target: bool = False,
     ) -> None:
         super().__init__(
             mask_fraction=mask_fraction,
@@ -88,15 +97,30 @@ class SaliencyDecor(SaliencyGuidedTraining):
         self.decor_mode = check_choice(decor_mode, "decor_mode", ("correlation", "covariance"))
         self.decor_reduction = check_choice(decor_reduction, "decor_reduction", ("mean", "sum"))
         self.feature_layer = check_feature_layer(feature_layer)
+        self.consistency_ramp_steps = check_int(consistency_ramp_steps, "consistency_ramp_steps", low=0)
+        self.detach_target = bool(detach_target)
+        # training-mode calls so far (drives the ramp). A plain attribute: objectives hold no state
+        # in their state_dict, so a run resumed from a checkpoint starts the ramp again.
+        self.step = 0
+
+    def consistency_weight(self) -> float:
+        """The consistency weight of the next training step: ``lambda_consistency * min(1, t / R)``
+        after ``t`` training steps with ``R = consistency_ramp_steps`` (constant when R is 0)."""
+        if self.consistency_ramp_steps == 0:
+            return self.lambda_consistency
+        return self.lambda_consistency * min(1.0, self.step / self.consistency_ramp_steps)
 
     def forward(self, model, images, labels):
         logits, masked_logits, features = self._clean_and_masked(
             model, images, labels, record=True, feature_layer=self.feature_layer
         )
         ce = cross_entropy(logits, labels)
-        kl = consistency_kl(logits, masked_logits)
+        kl = consistency_kl(logits, masked_logits, detach_target=self.detach_target)
         decor = decorrelation_loss(features, mode=self.decor_mode, reduction=self.decor_reduction)
-        total = ce + self.lambda_consistency * kl + self.lambda_decor * decor
+        weight = self.consistency_weight()
+        if self.training and torch.is_grad_enabled():
+            self.step += 1
+        total = ce + weight * kl + self.lambda_decor * decor
         return total, self._parts(total, logits, ce=ce, consistency=kl, decor=decor)
 
     def extra_repr(self) -> str:

@@ -291,7 +291,7 @@ def test_masked_bn_modes(masked_bn):
     images, labels = batch()
     loss, parts = SaliencyGuidedTraining(masked_bn=masked_bn)(model, images, labels)
     shapes_modes = [(x.shape[0], training) for x, training in model.calls]
-    if masked_bn == "train":
+    if masked_bn in ("train", "frozen"):  # frozen: train mode too, only the running statistics stay
         assert shapes_modes == [(6, False), (6, True), (6, True)]
     elif masked_bn == "joint":
         assert shapes_modes == [(6, False), (12, True)]
@@ -304,14 +304,14 @@ def test_masked_bn_modes(masked_bn):
     assert parts["logits"].shape == (6, 3)
 
 
-@pytest.mark.parametrize("masked_bn, updates", [("train", 2), ("joint", 1), ("eval", 1)])
+@pytest.mark.parametrize("masked_bn, updates", [("train", 2), ("joint", 1), ("eval", 1), ("frozen", 1)])
 def test_running_stats_updates_per_masked_bn(masked_bn, updates):
     net = TinyCNN().train()
     reference = copy.deepcopy(net)
     images, labels = batch()
     SaliencyGuidedTraining(masked_bn=masked_bn)(net, images, labels)
     assert int(net.bn.num_batches_tracked) == updates
-    if masked_bn == "eval":  # only the clean batch reached the running statistics
+    if masked_bn in ("eval", "frozen"):  # only the clean batch reached the running statistics
         reference(images)
         assert torch.allclose(net.bn.running_mean, reference.bn.running_mean)
         assert torch.allclose(net.bn.running_var, reference.bn.running_var)
@@ -472,7 +472,7 @@ def test_build_objective_and_bad_arguments():
     with pytest.raises(TypeError, match="mask_fraction"):
         SaliencyGuidedTraining(mask_fraction="half")
     with pytest.raises(ValueError, match="masked_bn"):
-        SaliencyGuidedTraining(masked_bn="frozen")
+        SaliencyGuidedTraining(masked_bn="shared")
     with pytest.raises(ValueError, match="fill"):
         SaliencyGuidedTraining(fill="zeros")
     with pytest.raises(ValueError, match="lambda_decor"):

@@ -1,0 +1,148 @@
+"""sdecor.experiments.grid: a two-cell, one-epoch grid end to end, resuming, summaries."""
+
+import json
+
+import pytest
+
+from sdecor.experiments.grid import (
+    GridConfig,
+    _resolve_options,
+    grid_figure,
+    grid_runs,
+    grid_summary,
+    grid_table,
+    run_grid,
+    run_key,
+)
+from sdecor.experiments.runner import EvalConfig
+
+
+def _config(epochs=1):
+    return GridConfig(
+        epochs=epochs,
+        small_cnn_width=8,
+        n_train=64,
+        n_test=32,
+        n_train_eval=32,
+        eval=EvalConfig(n_eval=16, n_deletion=8, deletion_steps=4, batch_size=32),
+    )
+
+
+def test_two_cell_grid_end_to_end_and_resume(tmp_path):
+    path = str(tmp_path / "grid.json")
+    kwargs = dict(
+        families=("digits-in-clutter", "shapes-in-texture"),
+        models=("small_cnn",),
+        regimes=("adam",),
+        methods=("standard", "saliencydecor"),
+        seeds=(0,),
+        progress=False,
+        log=None,
+    )
+    state = run_grid(path, config=_config(), **kwargs)
+    keys = [r["key"] for r in state["runs"]]
+    assert keys == [
+        run_key("digits-in-clutter", "small_cnn", "adam", "standard", 0),
+        run_key("digits-in-clutter", "small_cnn", "adam", "saliencydecor", 0),
+        run_key("shapes-in-texture", "small_cnn", "adam", "standard", 0),
+        run_key("shapes-in-texture", "small_cnn", "adam", "saliencydecor", 0),
+    ]
+    with open(path) as f:
+        on_disk = json.load(f)
+    assert [r["key"] for r in on_disk["runs"]] == keys
+    for r in on_disk["runs"]:
+        m = r["metrics"]
+        assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["train_accuracy"] <= 1.0
+        assert m["relevance_mass_accuracy"] is not None and len(r["history"]) == 1
+        assert r["regime_settings"]["optimizer"] == "adam" and r["regime_settings"]["batch_size"] == 128
+    # a rerun skips what is done
+    again = run_grid(path, config=_config(), **kwargs)
+    assert [r["key"] for r in again["runs"]] == keys
+    # runs made with another config are refused
+    with pytest.raises(ValueError, match="another grid config"):
+        run_grid(path, config=_config(epochs=2), **kwargs)
+    summary = grid_summary(on_disk["runs"])
+    assert set(summary) == {"digits-in-clutter|small_cnn|adam", "shapes-in-texture|small_cnn|adam"}
+    cell = summary["digits-in-clutter|small_cnn|adam"]
+    delta = cell["saliencydecor"]["delta_accuracy"]["mean"]
+    assert delta == pytest.approx(cell["saliencydecor"]["accuracy"]["mean"] - cell["standard"]["accuracy"]["mean"])
+    assert cell["standard"]["delta_accuracy"]["mean"] == 0.0
+    table = grid_table(summary)
+    assert table.count("\n") == 1 + 4 and "saliencydecor" in table
+    png = grid_figure(summary, str(tmp_path / "grid.png"))
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_order_and_validation(tmp_path):
+    runs = list(grid_runs(("a", "b"), ("m",), ("sgd",), ("x", "y"), (0, 1)))
+    assert runs[:3] == [("a", "m", "sgd", "x", 0), ("a", "m", "sgd", "y", 0), ("a", "m", "sgd", "x", 1)]
+    assert len(runs) == 8
+    with pytest.raises(ValueError, match="unknown family"):
+        run_grid(str(tmp_path / "g.json"), families=("nope",), progress=False)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_grid(str(tmp_path / "g.json"), methods=("nope",), progress=False)
+
+
+def test_ramp_fraction_resolves_to_steps():
+    assert _resolve_options({"ramp": 0.25, "lambda_decor": 0.0}, 200) == {
+        "lambda_decor": 0.0,
+        "consistency_ramp_steps": 50,
+    }
+    assert _resolve_options({}, 10) == {}
+
+
+def test_paired_deltas_use_shared_seeds():
+    def rec(method, seed, acc):
+        return {
+            "family": "f",
+            "model": "m",
+            "regime": "r",
+            "method": method,
+            "seed": seed,
+            "metrics": {"accuracy": acc, "relevance_mass_accuracy": acc / 2},
+        }
+
+    records = [rec("standard", 0, 0.9), rec("standard", 1, 0.8), rec("sd", 0, 0.85), rec("sd", 1, 0.79)]
+    row = grid_summary(records)["f|m|r"]["sd"]
+    assert row["delta_accuracy"]["mean"] == pytest.approx((-0.05 - 0.01) / 2)
+    assert row["delta_accuracy"]["std"] == pytest.approx(((0.02**2 + 0.02**2) / 1) ** 0.5)
+    assert row["accuracy"]["n"] == 2
+    table = grid_table(grid_summary(records), metrics=("accuracy",), methods=("sd", "absent"))
+    assert table.splitlines()[2].startswith("| f / m / r | sd | 2 | 0.820 ± 0.042 | -0.030 ± 0.028 |")
+    assert len(table.splitlines()) == 3
+
+
+def test_compare_grid_command(tmp_path, capsys):
+    from sdecor.cli import main
+
+    path = str(tmp_path / "g.json")
+    argv = ["compare", "--grid", path, "--grid-families", "digits-shortcut", "--grid-models", "small_cnn"]
+    argv += ["--grid-regimes", "sgd", "--grid-methods", "standard", "--seeds", "1", "--grid-epochs", "1"]
+    argv += ["--n-train", "64", "--n-test", "32", "--threads", "1", "--quiet"]
+    assert main(argv) == 0
+    with open(path) as f:
+        runs = json.load(f)["runs"]
+    assert [r["key"] for r in runs] == ["digits-shortcut|small_cnn|sgd|standard|0"]
+    assert (tmp_path / "g.md").read_text().count("digits-shortcut / small_cnn / sgd") == 1
+    assert "1 runs of 1" in capsys.readouterr().out
+    assert (tmp_path / "g.png").exists()
+
+
+def test_merge_records(tmp_path):
+    from sdecor.experiments.grid import load_records, merge_records
+
+    def write(name, keys, config):
+        path = str(tmp_path / name)
+        with open(path, "w") as f:
+            json.dump({"config": config, "runs": [{"key": k} for k in keys]}, f)
+        return path
+
+    a = write("a.json", ["x", "y"], {"epochs": 1})
+    b = write("b.json", ["y", "z"], {"epochs": 1})
+    merged = merge_records([b], a)
+    assert [r["key"] for r in merged["runs"]] == ["x", "y", "z"]
+    assert load_records(a) == merged
+    c = write("c.json", ["w"], {"epochs": 2})
+    with pytest.raises(ValueError, match="another grid config"):
+        merge_records([c], a)

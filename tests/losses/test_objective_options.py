@@ -1,0 +1,144 @@
+"""SaliencyDecor's robustness options against hand computation: the consistency ramp, the
+stop-gradient (fixed) target of the KL, and ``masked_bn="frozen"``."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdecor import decorrelation_loss
+from sdecor.losses import SaliencyDecor, consistency_kl
+
+
+class Tiny(nn.Module):
+    feature_layer = "pool"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(4, 3)
+
+    def features(self, x):
+        return self.pool(self.relu(self.bn(self.conv(x))))
+
+    def forward(self, x):
+        return self.fc(self.features(x))
+
+
+class Recorder(nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.detach().clone())
+        return self.inner(x)
+
+
+def _batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 2, 5, 5, generator=g), torch.randint(3, (n,), generator=g)
+
+
+def _kl(clean, masked, detach=False):
+    p = F.softmax(clean, 1)
+    if detach:
+        p = p.detach()
+    return (p * (p.log() - F.log_softmax(masked, 1))).sum(1).mean()
+
+
+def test_ramp_weight_at_step_t_and_the_loss_by_hand():
+    torch.manual_seed(0)
+    inner = Tiny()
+    model = Recorder(inner).train()
+    images, labels = _batch()
+    if True:
+        obj = SaliencyDecor(lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0)
+        for t in range(6):
+            expected_w = 2.0 * min(1.0, t / 4)
+            assert obj.consistency_weight() == pytest.approx(expected_w)
+            model.calls.clear()
+            loss, parts = obj(model, images, labels)
+            masked = model.calls[-1]
+            logits = inner(images)
+            hand = (
+                F.cross_entropy(logits, labels)
+                + expected_w * _kl(logits, inner(masked))
+                + 0.3 * decorrelation_loss(inner.features(images))
+            )
+            assert torch.allclose(loss, hand, atol=1e-5), t
+            assert int(obj.step) == t + 1
+        assert obj.consistency_weight() == 2.0
+        # evaluation (eval mode or no grad) does not advance the ramp
+        obj.eval()
+        obj(model, images, labels)
+        obj.train()
+        with torch.no_grad():
+            obj(model, images, labels)
+        assert int(obj.step) == 6
+        assert obj.state_dict() == {}  # objectives keep no state in their state_dict
+
+
+def test_no_ramp_is_the_constant_weight():
+    assert SaliencyDecor(lambda_consistency=3.0).consistency_weight() == 3.0
+    with pytest.raises(ValueError):
+        SaliencyDecor(consistency_ramp_steps=-1)
+    with pytest.raises(TypeError):
+        SaliencyDecor(consistency_ramp_steps=1.5)
+
+
+def test_stop_gradient_target_by_hand():
+    torch.manual_seed(1)
+    inner = Tiny()
+    model = Recorder(inner).train()
+    images, labels = _batch(seed=3)
+    grads = {}
+    for detach in (True, False):
+        net = copy.deepcopy(model)
+        obj = SaliencyDecor(lambda_consistency=1.5, lambda_decor=0.0, detach_target=detach, fill=0.0)
+        loss, _ = obj(net, images, labels)
+        loss.backward()
+        grads[detach] = [p.grad.clone() for p in net.inner.parameters()]
+        masked = net.calls[-1]
+        ref = copy.deepcopy(inner)
+        logits = ref(images)
+        hand = F.cross_entropy(logits, labels) + 1.5 * _kl(logits, ref(masked), detach=detach)
+        hand.backward()
+        for got, want in zip(grads[detach], [p.grad for p in ref.parameters()]):
+            assert torch.allclose(got, want, atol=1e-6)
+    assert any(not torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[True], grads[False]))
+
+
+def test_stop_gradient_target_gives_no_gradient_to_the_clean_logits():
+    clean = torch.randn(4, 5, requires_grad=True)
+    masked = torch.randn(4, 5, requires_grad=True)
+    consistency_kl(clean, masked, detach_target=True).backward()
+    assert clean.grad is None or torch.count_nonzero(clean.grad) == 0
+    assert torch.count_nonzero(masked.grad) > 0
+    clean.grad = None
+    consistency_kl(clean, masked).backward()
+    assert torch.count_nonzero(clean.grad) > 0
+
+
+@pytest.mark.parametrize("mode", ["frozen", "train"])
+def test_frozen_masked_bn_leaves_running_stats_to_the_clean_batch(mode):
+    torch.manual_seed(2)
+    model = Tiny().train()
+    clean_only = copy.deepcopy(model)
+    images, labels = _batch(seed=5)
+    obj = SaliencyDecor(masked_bn=mode, fill=0.0)
+    loss, _ = obj(model, images, labels)
+    loss.backward()  # the graph survives the frozen statistics
+    clean_only(images)  # one train-mode forward of the clean batch
+    same = torch.allclose(model.bn.running_mean, clean_only.bn.running_mean) and torch.allclose(
+        model.bn.running_var, clean_only.bn.running_var
+    )
+    assert same == (mode == "frozen")
+    assert int(model.bn.num_batches_tracked) == (1 if mode == "frozen" else 2)
+    assert model.bn.momentum == clean_only.bn.momentum
