@@ -15,38 +15,16 @@ from __future__ import annotations
 
 import torch
 
+from ..triton_support import SUPPORTED_DTYPES, can_run_on, load_kernels
+
 __all__ = ["can_run", "barlow_twins_triton", "barlow_twins_fused", "SUPPORTED_DTYPES"]
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-try:  # the kernels package is installed as sdecor.kernels (setup.py); a plain checkout has kernels/
-    try:
-        from sdecor.kernels import barlow_twins as _kernels
-    except ImportError:
-        from kernels import barlow_twins as _kernels  # type: ignore[no-redef]
-    _IMPORT_ERROR = ""
-except Exception as exc:  # triton missing or broken
-    _kernels = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+_kernels, _IMPORT_ERROR = load_kernels("barlow_twins")
 
 
 def can_run(z: torch.Tensor) -> tuple[bool, str]:
     """Whether the Triton kernels can take ``z``: ``(True, "")`` or ``(False, reason)``."""
-    if _kernels is None:
-        return False, f"triton is not importable ({_IMPORT_ERROR})"
-    if z.dtype not in SUPPORTED_DTYPES:
-        return False, (
-            f"the Triton kernels take float16, bfloat16 or float32, not {str(z.dtype).replace('torch.', '')} "
-            "(use backend='reference' for float64)"
-        )
-    if z.device.type == "cuda":
-        return True, ""
-    if z.device.type == "cpu" and _kernels.INTERPRET:
-        return True, ""
-    return False, (
-        f"the views are on {z.device.type}; the Triton kernels need CUDA tensors "
-        "(or CPU tensors with TRITON_INTERPRET=1 set before triton is imported)"
-    )
+    return can_run_on(_kernels, _IMPORT_ERROR, z, "the views are")
 
 
 def _forward(z1, z2, lambd: float, eps: float, need_grad: bool, route: str | None = None):

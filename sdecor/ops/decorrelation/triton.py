@@ -23,38 +23,16 @@ import math
 
 import torch
 
+from ..triton_support import SUPPORTED_DTYPES, can_run_on, load_kernels
+
 __all__ = ["can_run", "decorrelation_triton", "decorrelation_fused", "SUPPORTED_DTYPES"]
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-try:  # the kernels package is installed as sdecor.kernels (setup.py); a plain checkout has kernels/
-    try:
-        from sdecor.kernels import decorrelation as _kernels
-    except ImportError:
-        from kernels import decorrelation as _kernels  # type: ignore[no-redef]
-    _IMPORT_ERROR = ""
-except Exception as exc:  # triton missing or broken
-    _kernels = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+_kernels, _IMPORT_ERROR = load_kernels("decorrelation")
 
 
 def can_run(x: torch.Tensor) -> tuple[bool, str]:
     """Whether the Triton kernels can take ``x``: ``(True, "")`` or ``(False, reason)``."""
-    if _kernels is None:
-        return False, f"triton is not importable ({_IMPORT_ERROR})"
-    if x.dtype not in SUPPORTED_DTYPES:
-        return False, (
-            f"the Triton kernels take float16, bfloat16 or float32, not {str(x.dtype).replace('torch.', '')} "
-            "(use backend='reference' for float64)"
-        )
-    if x.device.type == "cuda":
-        return True, ""
-    if x.device.type == "cpu" and _kernels.INTERPRET:
-        return True, ""
-    return False, (
-        f"x is on {x.device.type}; the Triton kernels need a CUDA tensor "
-        "(or a CPU tensor with TRITON_INTERPRET=1 set before triton is imported)"
-    )
+    return can_run_on(_kernels, _IMPORT_ERROR, x, "x is")
 
 
 def _ncs_view(t: torch.Tensor):
