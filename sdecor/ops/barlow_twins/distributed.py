@@ -34,54 +34,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..collectives import all_gather_rows, all_reduce_replicated, check_process_group
 from .reference import barlow_twins_reference, select_route
 from .validation import validate_views
 
 __all__ = ["distributed_barlow_twins_loss"]
-
-
-class _AllReduceReplicated(torch.autograd.Function):
-    """Sum over ranks; backward: identity (the output feeds computation replicated on every rank)."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _AllGatherReplicated(torch.autograd.Function):
-    """Concatenate the ranks' rows (sizes may differ); backward: this rank's slice of the gradient."""
-
-    @staticmethod
-    def forward(ctx, x, sizes, rank, group):
-        padded = x.new_zeros((max(sizes),) + tuple(x.shape[1:]))
-        padded[: x.shape[0]] = x
-        pieces = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(pieces, padded.contiguous(), group=group)
-        ctx.start, ctx.n = sum(sizes[:rank]), sizes[rank]
-        return torch.cat([p[:s] for p, s in zip(pieces, sizes)], dim=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad[ctx.start : ctx.start + ctx.n], None, None, None
-
-
-def _check_process_group(process_group) -> None:
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "process_group was given but torch.distributed is not initialised; call "
-            "torch.distributed.init_process_group(...) first (or pass process_group=None)"
-        )
-    if not isinstance(process_group, dist.ProcessGroup):
-        raise TypeError(
-            f"process_group must be a torch.distributed.ProcessGroup (e.g. torch.distributed.group.WORLD), "
-            f"got {type(process_group).__name__}"
-        )
 
 
 def distributed_barlow_twins_loss(
@@ -106,7 +63,7 @@ def distributed_barlow_twins_loss(
             backend="triton"; route not "D" or "N"; the checks of barlow_twins_loss.
         TypeError: process_group is not a ProcessGroup; the type checks of barlow_twins_loss.
     """
-    _check_process_group(process_group)
+    check_process_group(process_group)
     validate_views(z1, z2, lambd, eps, backend, min_samples=0)
     if backend == "triton":
         raise ValueError("backend='triton' does not support process_group; use backend='auto' or 'reference'")
@@ -124,8 +81,8 @@ def distributed_barlow_twins_loss(
     lambd, eps = float(lambd), float(eps)
     route = route or select_route(n, D)
     if route == "N":
-        z1_all = _AllGatherReplicated.apply(z1, sizes, rank, group)
-        z2_all = _AllGatherReplicated.apply(z2, sizes, rank, group)
+        z1_all = all_gather_rows(z1, sizes, rank, group)
+        z2_all = all_gather_rows(z2, sizes, rank, group)
         return barlow_twins_reference(z1_all, z2_all, lambd=lambd, eps=eps, route="N")
 
     compute = torch.float64 if z1.dtype == torch.float64 else torch.float32
@@ -136,7 +93,7 @@ def distributed_barlow_twins_loss(
         mean1, mean2 = (sums / n).split(D)
     ac, bc = a - mean1, b - mean2
     local = torch.cat([ac.square().sum(dim=0), bc.square().sum(dim=0), (ac.transpose(0, 1) @ bc).reshape(-1)])
-    total = _AllReduceReplicated.apply(local, group)
+    total = all_reduce_replicated(local, group)
     ss1, ss2, R = total[:D], total[D : 2 * D], total[2 * D :].reshape(D, D)
     s1 = torch.rsqrt(ss1 / n + eps)
     s2 = torch.rsqrt(ss2 / n + eps)

@@ -64,24 +64,11 @@ import torch
 import torch.distributed as dist
 
 from ..._validation import check_choice
+from ..collectives import all_gather_rows, all_reduce_replicated, check_process_group
 from .options import validate_options
 from .reference import as_sample_matrix, decorrelation_reference, select_route
 
 __all__ = ["distributed_decorrelation_loss", "check_process_group", "scale_grad", "communication_volume"]
-
-
-def check_process_group(process_group) -> None:
-    """Raise ``ValueError`` unless torch.distributed is initialised; ``TypeError`` unless a ProcessGroup."""
-    if not (dist.is_available() and dist.is_initialized()):
-        raise ValueError(
-            "process_group was given but torch.distributed is not initialised; call "
-            "torch.distributed.init_process_group(...) first (or pass process_group=None)"
-        )
-    if not isinstance(process_group, dist.ProcessGroup):
-        raise TypeError(
-            f"process_group must be a torch.distributed.ProcessGroup (e.g. torch.distributed.group.WORLD), "
-            f"got {type(process_group).__name__}"
-        )
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -98,39 +85,6 @@ class _ScaleGrad(torch.autograd.Function):
 def scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
     """Return ``x`` unchanged, with the gradient flowing back through it multiplied by ``factor``."""
     return _ScaleGrad.apply(x, float(factor))
-
-
-class _AllReduceReplicated(torch.autograd.Function):
-    """Sum over ranks; backward: identity (the output feeds computation replicated on every rank)."""
-
-    @staticmethod
-    def forward(ctx, x, group):
-        out = x.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-class _AllGatherReplicated(torch.autograd.Function):
-    """Concatenate the ranks' rows (sizes may differ); backward: this rank's slice of the gradient."""
-
-    @staticmethod
-    def forward(ctx, x, sizes, rank, group):
-        max_n = max(sizes)
-        padded = x.new_zeros((max_n,) + tuple(x.shape[1:]))
-        padded[: x.shape[0]] = x
-        pieces = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(pieces, padded.contiguous(), group=group)
-        ctx.start = sum(sizes[:rank])
-        ctx.n = sizes[rank]
-        return torch.cat([p[:s] for p, s in zip(pieces, sizes)], dim=0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad[ctx.start : ctx.start + ctx.n], None, None, None
 
 
 def communication_volume(n: int, features: int, groups: int = 1, world_size: int = 2) -> dict:
@@ -213,7 +167,7 @@ def distributed_decorrelation_loss(
     route = route or select_route(n, g)
 
     if route == "N":
-        X_all = _AllGatherReplicated.apply(X, sizes, rank, group)
+        X_all = all_gather_rows(X, sizes, rank, group)
         loss = decorrelation_reference(
             X_all, mode=mode, reduction=reduction, correction=correction, groups=groups, eps=eps, route="N"
         )
@@ -227,7 +181,7 @@ def distributed_decorrelation_loss(
         Xc = (Xf - mean).reshape(n_local, groups, g).transpose(0, 1)  # (G, n_r, g)
         C_local = Xc.transpose(1, 2) @ Xc  # (G, g, g), this rank's share of the centred blocks
         iu = torch.triu_indices(g, g, device=X.device)
-        packed = _AllReduceReplicated.apply(C_local[:, iu[0], iu[1]].contiguous(), group)
+        packed = all_reduce_replicated(C_local[:, iu[0], iu[1]].contiguous(), group)
         upper = packed.new_zeros(groups, g, g)
         upper = upper.index_put((torch.arange(groups, device=X.device)[:, None], iu[0], iu[1]), packed)
         C = upper + upper.transpose(1, 2) - torch.diag_embed(torch.diagonal(upper, dim1=1, dim2=2))
