@@ -311,17 +311,22 @@ def make_digits_in_clutter(
     return ClutterData(images, labels.to(device), masks, digit_ids.to(device), inverted.to(device), backgrounds, meta)
 
 
-class DigitsInClutter(Dataset):
-    """``torch.utils.data.Dataset`` view of :func:`make_digits_in_clutter`.
+class GeneratedDataset(Dataset):
+    """``torch.utils.data.Dataset`` view of a generated family: a subclass names its generator
+    ``make(split, size, seed, **kwargs) -> ClutterData`` and its ``classes``.
 
     Item ``i`` is ``(image float32 (3, H, W) in [0, 1], label int64 scalar tensor, mask bool
     (1, H, W))``. ``.data`` is the :class:`ClutterData`; ``.classes`` the class names.
     """
 
-    classes = [str(i) for i in range(10)]
+    classes: list[str] = []
+
+    @staticmethod
+    def make(split: str, size: int, seed: int, **kwargs) -> ClutterData:
+        raise NotImplementedError
 
     def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
-        self.data = make_digits_in_clutter(split, size, seed, **kwargs)
+        self.data = self.make(split, size, seed, **kwargs)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -329,3 +334,10 @@ class DigitsInClutter(Dataset):
     def __getitem__(self, i):
         d = self.data
         return d.images[i], d.labels[i], d.masks[i]
+
+
+class DigitsInClutter(GeneratedDataset):
+    """Dataset view of :func:`make_digits_in_clutter` (items as in :class:`GeneratedDataset`)."""
+
+    classes = [str(i) for i in range(10)]
+    make = staticmethod(make_digits_in_clutter)

@@ -18,10 +18,9 @@ digits): every digit of a test image, framed or not, is a test digit.
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
 
 from .._validation import check_choice, check_int
-from .clutter import ClutterData, _alpha, _colours, _split_ids, _upscale, load_optdigits
+from .clutter import ClutterData, GeneratedDataset, _alpha, _colours, _split_ids, _upscale, load_optdigits
 
 __all__ = ["FRAME_COLOUR", "make_framed_digits", "FramedDigits"]
 
@@ -154,18 +153,10 @@ def make_framed_digits(
     )
 
 
-class FramedDigits(Dataset):
+class FramedDigits(GeneratedDataset):
     """``torch.utils.data.Dataset`` view of :func:`make_framed_digits` (items as in
     :class:`~sdecor.data.DigitsInClutter`)."""
 
     classes = [str(i) for i in range(10)]
 
-    def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
-        self.data = make_framed_digits(split, size, seed, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        d = self.data
-        return d.images[i], d.labels[i], d.masks[i]
+    make = staticmethod(make_framed_digits)

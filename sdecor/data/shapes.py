@@ -23,10 +23,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.utils.data import Dataset
 
 from .._validation import check_choice, check_int
-from .clutter import ClutterData, _segment_alpha
+from .clutter import ClutterData, GeneratedDataset, _segment_alpha
 
 __all__ = ["SHAPES", "make_shapes_in_texture", "ShapesInTexture"]
 
@@ -176,7 +175,7 @@ def make_shapes_in_texture(
     )
 
 
-class ShapesInTexture(Dataset):
+class ShapesInTexture(GeneratedDataset):
     """``torch.utils.data.Dataset`` view of :func:`make_shapes_in_texture`.
 
     Item ``i`` is ``(image float32 (3, H, W) in [0, 1], label int64 scalar tensor, mask bool
@@ -185,12 +184,4 @@ class ShapesInTexture(Dataset):
 
     classes = list(SHAPES)
 
-    def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
-        self.data = make_shapes_in_texture(split, size, seed, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        d = self.data
-        return d.images[i], d.labels[i], d.masks[i]
+    make = staticmethod(make_shapes_in_texture)

@@ -19,10 +19,9 @@ per image) records which colour was painted, so the tests can measure how predic
 from __future__ import annotations
 
 import torch
-from torch.utils.data import Dataset
 
 from .._validation import check_int
-from .clutter import ClutterData, make_digits_in_clutter
+from .clutter import ClutterData, GeneratedDataset, make_digits_in_clutter
 
 __all__ = ["CUE_COLOURS", "make_digits_shortcut", "DigitsShortcut", "cue_colours_of"]
 
@@ -131,18 +130,10 @@ def cue_colours_of(images: torch.Tensor, size: int | None = None) -> torch.Tenso
     return best % 10
 
 
-class DigitsShortcut(Dataset):
+class DigitsShortcut(GeneratedDataset):
     """``torch.utils.data.Dataset`` view of :func:`make_digits_shortcut` (items as in
     :class:`~sdecor.data.DigitsInClutter`)."""
 
     classes = [str(i) for i in range(10)]
 
-    def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
-        self.data = make_digits_shortcut(split, size, seed, **kwargs)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __getitem__(self, i):
-        d = self.data
-        return d.images[i], d.labels[i], d.masks[i]
+    make = staticmethod(make_digits_shortcut)
