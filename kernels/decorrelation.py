@@ -17,7 +17,9 @@ Kernels (all groups in one launch: the group is a grid axis):
 
 1. ``_col_stats_kernel`` (+ ``_col_stats_combine_kernel`` when the samples are split over
    programs): column mean and centred sum of squares in fp32 (two passes over each chunk,
-   Chan's formula across chunks) -> mean, s, diag(M).
+   Chan's formula across chunks) -> mean, s, diag(M). In correlation mode the sum of squares
+   is taken in units of a power of two a of the column's largest |x| (exact scaling), so
+   features beyond sqrt(max float) give s = rsqrt(C' + eps / a^2) / a instead of overflowing.
 2. ``_gram_kernel``: the symmetric Gram matrix of Z tiles, upper-triangle tiles only.
    Route D (n >= g): M = Z^T Z / n' (g x g per group); route N (n < g): K' = Z Z^T / n'
    (n x n per group). Without split: the epilogue writes the P partial of the tile, the row
@@ -138,11 +140,22 @@ def _sum_loss_parts(loss_part_ptr, n_parts, loss_ptr, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _power_of_two_scale(max_abs):
+    """The power of two a with a <= max_abs < 2a, clamped to [1, 2^126] (fp32), and 1/a, both exact
+    (exponent bits only): correlation-mode statistics in units of a cannot overflow, and are the
+    plain ones bit for bit wherever those do not."""
+    m = tl.minimum(tl.maximum(max_abs, 1.0), 8.507059173023462e37)  # 2^126
+    bits = m.to(tl.int32, bitcast=True) & 0x7F800000
+    return bits.to(tl.float32, bitcast=True), (0x7F000000 - bits).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _finalize_stats(
     cols,
     cmask,
     mean,
     m2,
+    inv_unit,
     mean_ptr,
     scale_ptr,
     diag_ptr,
@@ -154,10 +167,14 @@ def _finalize_stats(
     CORR: tl.constexpr,
     DIAG_LOSS: tl.constexpr,
 ):
-    var = m2 * inv_nprime
+    var = m2 * inv_nprime  # in units of a (1/a = inv_unit) squared in correlation mode, else plain
     if CORR:
-        scale = 1.0 / tl.sqrt(var + eps)
-        diag = var * scale * scale
+        # s = rsqrt(var' + eps / a^2) / a; a constant column (var' = 0, where eps / a^2 may have
+        # underflowed) keeps the plain s = rsqrt(eps), as without units
+        varying = var > 0.0
+        unit_scale = tl.where(varying, 1.0 / tl.sqrt(var + eps * inv_unit * inv_unit), 1.0 / tl.sqrt(var + eps))
+        scale = tl.where(varying, unit_scale * inv_unit, unit_scale)
+        diag = var * unit_scale * unit_scale
     else:
         scale = tl.where(cmask, 1.0, 1.0)
         diag = var
@@ -177,6 +194,7 @@ def _col_stats_kernel(
     x_ptr,
     pmean_ptr,
     pm2_ptr,
+    punit_ptr,
     mean_ptr,
     scale_ptr,
     diag_ptr,
@@ -207,19 +225,26 @@ def _col_stats_kernel(
     end = tl.minimum(start + chunk, n)
     count = (end - start).to(tl.float32)
     acc = tl.zeros((BLOCK_K, BLOCK_C), tl.float32)
+    peak = tl.zeros((BLOCK_K, BLOCK_C), tl.float32)
     for k0 in range(start, end, BLOCK_K):
         rows = k0 + tl.arange(0, BLOCK_K)
         mask = (rows < end)[:, None] & cmask[None, :]
         ptrs = x_ptr + _row_offsets(rows, S, stride_n, stride_s, OFF64)[:, None] + col_off[None, :]
-        acc += tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+        acc += v
+        if CORR:
+            peak = tl.maximum(peak, tl.abs(v))
     mean = tl.sum(acc, axis=0) / count
+    # correlation mode: the centred sum of squares in units of a power of two a (exact), which
+    # cannot overflow for features beyond sqrt(max float); covariance mode: a = 1
+    unit, inv_unit = _power_of_two_scale(tl.max(peak, axis=0))
     acc = tl.zeros((BLOCK_K, BLOCK_C), tl.float32)
     for k0 in range(start, end, BLOCK_K):
         rows = k0 + tl.arange(0, BLOCK_K)
         mask = (rows < end)[:, None] & cmask[None, :]
         ptrs = x_ptr + _row_offsets(rows, S, stride_n, stride_s, OFF64)[:, None] + col_off[None, :]
         v = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-        d = tl.where(mask, v - mean[None, :], 0.0)
+        d = tl.where(mask, (v - mean[None, :]) * inv_unit[None, :], 0.0)
         acc += d * d
     m2 = tl.sum(acc, axis=0)
     if FUSED:
@@ -228,6 +253,7 @@ def _col_stats_kernel(
             cmask,
             mean,
             m2,
+            inv_unit,
             mean_ptr,
             scale_ptr,
             diag_ptr,
@@ -242,12 +268,15 @@ def _col_stats_kernel(
     else:
         tl.store(pmean_ptr + split * D + cols, mean, mask=cmask)
         tl.store(pm2_ptr + split * D + cols, m2, mask=cmask)
+        if CORR:
+            tl.store(punit_ptr + split * D + cols, unit, mask=cmask)
 
 
 @triton.jit
 def _col_stats_combine_kernel(
     pmean_ptr,
     pm2_ptr,
+    punit_ptr,
     mean_ptr,
     scale_ptr,
     diag_ptr,
@@ -263,25 +292,35 @@ def _col_stats_combine_kernel(
     DIAG_LOSS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """Chan's parallel combination of the per-chunk (mean, M2) of every column."""
+    """Chan's parallel combination of the per-chunk (mean, M2) of every column; in correlation
+    mode each chunk's M2 is in units of its own power of two a_s, brought to the largest, A."""
     pid_c = tl.program_id(0)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < D
     total = tl.zeros((BLOCK_C,), tl.float32)
+    unit = tl.full((BLOCK_C,), 1.0, tl.float32)
     for s in range(n_split):
         cnt = tl.minimum(chunk, n - s * chunk).to(tl.float32)
         total += cnt * tl.load(pmean_ptr + s * D + cols, mask=cmask, other=0.0)
+        if CORR:
+            unit = tl.maximum(unit, tl.load(punit_ptr + s * D + cols, mask=cmask, other=1.0))
     mean = total / n
+    _, inv_unit = _power_of_two_scale(unit)
     m2 = tl.zeros((BLOCK_C,), tl.float32)
     for s in range(n_split):
         cnt = tl.minimum(chunk, n - s * chunk).to(tl.float32)
-        d = tl.load(pmean_ptr + s * D + cols, mask=cmask, other=0.0) - mean
-        m2 += tl.load(pm2_ptr + s * D + cols, mask=cmask, other=0.0) + cnt * d * d
+        d = (tl.load(pmean_ptr + s * D + cols, mask=cmask, other=0.0) - mean) * inv_unit
+        part = tl.load(pm2_ptr + s * D + cols, mask=cmask, other=0.0)
+        if CORR:
+            ratio = tl.load(punit_ptr + s * D + cols, mask=cmask, other=1.0) * inv_unit  # a_s / A, a power of two
+            part = part * ratio * ratio
+        m2 += part + cnt * d * d
     _finalize_stats(
         cols,
         cmask,
         mean,
         m2,
+        inv_unit,
         mean_ptr,
         scale_ptr,
         diag_ptr,
@@ -918,9 +957,10 @@ def _make_plan(ncs, strides, grad_strides, dtype, device, correlation, mean_redu
     gram_parts = _Buf("ws", loss_parts.start + n_stat_parts, (n_gram_parts,))
     mean, scale, diag = plan.buf(D), plan.buf(D), plan.buf(D)
     fused = s_split == 1
-    pmean = pm2 = mean
+    pmean = pm2 = punit = mean
     if not fused:
         pmean, pm2 = plan.buf(s_split * D), plan.buf(s_split * D)
+        punit = plan.buf(s_split * D) if correlation else mean
     r_parts = 0
     if route_n:
         kdiag = plan.buf(G * n)
@@ -947,7 +987,7 @@ def _make_plan(ncs, strides, grad_strides, dtype, device, correlation, mean_redu
     launch(
         "_col_stats_kernel",
         (triton.cdiv(D, sbc), s_split),
-        X, pmean, pm2, mean, scale, diag, loss_parts, n, D, S, sn, ss, sc, s_chunk, inv_nprime, eps, loss_factor,
+        X, pmean, pm2, punit, mean, scale, diag, loss_parts, n, D, S, sn, ss, sc, s_chunk, inv_nprime, eps, loss_factor,
         CORR=correlation, FUSED=fused, DIAG_LOSS=route_n, BLOCK_K=cfg["stats_block_k"], BLOCK_C=sbc, OFF64=off64,
         num_warps=4,
     )  # fmt: skip
@@ -955,7 +995,7 @@ def _make_plan(ncs, strides, grad_strides, dtype, device, correlation, mean_redu
         launch(
             "_col_stats_combine_kernel",
             (triton.cdiv(D, sbc),),
-            pmean, pm2, mean, scale, diag, loss_parts, n, D, s_chunk, s_split, inv_nprime, eps, loss_factor,
+            pmean, pm2, punit, mean, scale, diag, loss_parts, n, D, s_chunk, s_split, inv_nprime, eps, loss_factor,
             CORR=correlation, DIAG_LOSS=route_n, BLOCK_C=sbc, num_warps=4,
         )  # fmt: skip
 

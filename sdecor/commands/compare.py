@@ -171,7 +171,7 @@ def add_arguments(parser) -> None:
     grid.add_argument("--grid-models", type=_names, default=None, metavar="LIST", help="models (default: all)")
     grid.add_argument("--grid-regimes", type=_names, default=None, metavar="LIST", help="regimes (default: sgd,adam)")
     grid.add_argument("--grid-methods", type=_names, default=None, metavar="LIST", help="grid methods (default: all)")
-    grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per grid run (default: 12)")
+    grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per run (default: the regime's)")
     grid.add_argument("--grid-report", action="store_true", help="only write the grid's table and figure")
 
 
@@ -196,7 +196,7 @@ def run_grid_command(args) -> int:
     methods = args.grid_methods or tuple(G.GRID_METHODS)
     total = len(list(G.grid_runs(families, models, regimes, methods, args.seeds)))
     if not args.grid_report:
-        config = G.GridConfig(epochs=args.grid_epochs or G.GridConfig.epochs, n_train=args.n_train, n_test=args.n_test)
+        config = G.GridConfig(epochs=args.grid_epochs, n_train=args.n_train, n_test=args.n_test)
         G.run_grid(
             args.grid,
             families=families,

@@ -63,7 +63,7 @@ class SaliencyDecor(SaliencyGuidedTraining):
         decor_reduction: ``"mean"`` or ``"sum"`` (see :func:`sdecor.decorrelation_loss`).
         consistency_ramp_steps: ``R``; the consistency weight rises linearly from 0 to
             ``lambda_consistency`` over the first ``R`` training steps (calls in train mode with
-            grad enabled, counted in the ``step`` attribute, not saved); 0 (default) means no ramp.
+            grad enabled, counted in the ``step`` attribute, saved in the state_dict); 0 (default) means no ramp.
         detach_target: use the clean prediction as a fixed target in the KL (stop-gradient):
             the consistency term then only moves the masked prediction.
 
@@ -99,9 +99,15 @@ class SaliencyDecor(SaliencyGuidedTraining):
         self.feature_layer = check_feature_layer(feature_layer)
         self.consistency_ramp_steps = check_int(consistency_ramp_steps, "consistency_ramp_steps", low=0)
         self.detach_target = bool(detach_target)
-        # training-mode calls so far (drives the ramp). A plain attribute: objectives hold no state
-        # in their state_dict, so a run resumed from a checkpoint starts the ramp again.
+        # training-mode calls so far (drives the ramp); in the state_dict as extra state, so that
+        # a run resumed from a checkpoint continues the ramp where it stopped
         self.step = 0
+
+    def get_extra_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step = int(state["step"])
 
     def consistency_weight(self) -> float:
         """The consistency weight of the next training step: ``lambda_consistency * min(1, t / R)``

@@ -82,7 +82,12 @@ def test_ramp_weight_at_step_t_and_the_loss_by_hand():
         with torch.no_grad():
             obj(model, images, labels)
         assert int(obj.step) == 6
-        assert obj.state_dict() == {}  # objectives keep no state in their state_dict
+        # the ramp's step travels with the state_dict (checkpoints), and comes back
+        state = obj.state_dict()
+        assert state == {"_extra_state": {"step": 6}}
+        fresh = SaliencyDecor(lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0)
+        fresh.load_state_dict(state)
+        assert fresh.step == 6 and fresh.consistency_weight() == 2.0
 
 
 def test_no_ramp_is_the_constant_weight():

@@ -179,28 +179,86 @@ def test_the_triton_backend_agrees_with_the_float64_reference(case):
     _check_against_float64(x, opts, ["triton"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: in correlation mode, float32 features beyond ~1.8e19 overflow their variance to inf, "
-    "rsqrt(inf) = 0 zeroes Z, and the penalty is a silent 0.0 (both backends; float64 of the same values: "
-    "e.g. 1.0 for x = [[1e28, 2e28], [-1e28, 0]])",
-)
+HUGE_BACKENDS = ["reference", "triton"] if HAS_TRITON else ["reference"]
+
+
+def _huge(x: torch.Tensor) -> torch.Tensor:
+    """``x`` times 1e28 (entries up to ~1e30, beyond sqrt(max float32)); float16 becomes float32."""
+    dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+    return (x.double() * 1e28).to(dtype)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings in the Triton interpreter
 @settings(max_examples=budget(0.25), phases=[Phase.explicit, Phase.generate])
-@given(
-    case=decorrelation_inputs(max_n=6, max_d=6),
-    backend=st.sampled_from(["reference", "triton"] if HAS_TRITON else ["reference"]),
-)
-def test_the_huge_scale_is_finite_and_right_or_not_finite(case, backend):
-    """Values near 1e30 in float32 overflow the float32 penalty: it may be inf/NaN, never a finite wrong number."""
+@given(case=decorrelation_inputs(max_n=6, max_d=6), backend=st.sampled_from(HUGE_BACKENDS))
+def test_huge_features_in_correlation_mode_give_the_float64_penalty_and_gradient(case, backend):
+    """Correlation mode is scale-free: features near 1e30, whose squares overflow float32, still give
+    the float64 penalty and gradient (the variance is taken in units of a power of two)."""
+    x, opts, kind = case
+    # not constant columns: with eps negligible against 1e60, the rounding of their mean is
+    # scaled up to unit size, in float64 too (the definition's absolute eps; checked below)
+    assume(kind in ("noise", "offset"))
+    x = _huge(x)
+    assume(not (backend == "triton" and x.dtype == torch.float64))
+    note(f"x {tuple(x.shape)} {x.dtype} strides {x.stride()} kind {kind}; {opts}")
+    _check_against_float64(x, {**opts, "mode": "correlation"}, [backend])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@settings(max_examples=budget(0.25), phases=[Phase.explicit, Phase.generate])
+@given(case=decorrelation_inputs(max_n=6, max_d=6), backend=st.sampled_from(HUGE_BACKENDS))
+def test_huge_features_in_covariance_mode_are_right_or_not_finite(case, backend):
+    """Covariance mode is not scale-free: a covariance beyond max float is inf/NaN, never a finite wrong number."""
     x, opts, kind = case
     assume(kind in ("ties", "noise", "constant", "offset"))
-    x = (x.double() * 1e28).float()  # entries up to ~1e30
+    x = _huge(x)
+    assume(not (backend == "triton" and x.dtype == torch.float64))
+    opts = {**opts, "mode": "covariance"}
     ref = sdecor.decorrelation_loss(x.double(), backend="reference", **opts).item()
     got = sdecor.decorrelation_loss(x, backend=backend, **opts).item()
     note(f"x {tuple(x.shape)} {opts}: {backend} {got}, float64 {ref}")
     if math.isfinite(got):
         assert abs(got - ref) <= 1e-3 * _scales(x, **opts)[0]
+
+
+@pytest.mark.parametrize("backend", HUGE_BACKENDS)
+@pytest.mark.parametrize(
+    "rows, expected",
+    [
+        ([[1e28, 2e28], [-1e28, 0.0]], 1.0),  # overflowed to a silent 0.0 before the rescaling
+        ([[3e38, -3e38], [-3e38, 3e38], [1.0, 2.0]], 1.0),  # beyond 2^126: the unit is capped, still exact
+        ([[1.5, 0.25], [-0.5, 1.0], [2.5, -3.0]], None),
+        ([[3e30, 1e30], [3e30, -1e30]], 0.0),  # a constant column: Z = 0 there, not 0 * inf
+    ],
+)
+def test_correlation_mode_at_the_ends_of_the_float32_range(backend, rows, expected):
+    x = torch.tensor(rows, dtype=torch.float32).requires_grad_(True)
+    eps = 1e-5 if expected == 0.0 else 0.0
+    loss = sdecor.decorrelation_loss(x, backend=backend, correction=0, eps=eps, reduction="sum")
+    loss.backward()
+    if x.abs().max() < 1e37:  # near max float the gradient (~1/x) is subnormal and autograd's steps overflow
+        assert bool(torch.isfinite(x.grad).all())
+    got = loss.item()
+    want = sdecor.decorrelation_loss(x.double(), backend="reference", correction=0, eps=eps, reduction="sum").item()
+    if expected is not None:
+        assert want == pytest.approx(2 * expected, rel=1e-6)  # sum over i != j of M_ij^2 = 2 M_01^2
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+@pytest.mark.parametrize("backend", HUGE_BACKENDS)
+def test_correlation_mode_is_exactly_invariant_to_power_of_two_scaling(backend):
+    """The unit a is a power of two, so scaling x by 2^64 (squares beyond float32) changes nothing, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 11, generator=g) * torch.logspace(-3, 3, 11)
+    x = x.requires_grad_(True)
+    big = (x.detach() * 2.0**64).requires_grad_(True)
+    small_loss = sdecor.decorrelation_loss(x, backend=backend, eps=0.0)
+    big_loss = sdecor.decorrelation_loss(big, backend=backend, eps=0.0)
+    small_loss.backward()
+    big_loss.backward()
+    assert small_loss.item() > 0.0
+    assert big_loss.item() == small_loss.item()
+    assert torch.equal(big.grad * 2.0**64, x.grad)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -45,7 +45,11 @@ WORKER = textwrap.dedent(
         set_seed(0)
         model = SmallCNN(width=4)
         train, _, _ = make_loaders("digits-in-clutter", batch_size=8, n_train=32, n_test=8, size=16)
-        objective = {"standard": losses.Standard, "saliencydecor": losses.SaliencyDecor}[name]()
+        objective = {
+            "standard": losses.Standard,
+            "saliencydecor": losses.SaliencyDecor,
+            "saliencydecor_ramp": lambda: losses.SaliencyDecor(consistency_ramp_steps=10),  # 12 steps in all
+        }[name]()
         h = fit(model, objective, train, epochs=3, lr=0.05, seed=0, device="cpu", checkpoint_dir=ckdir,
                 resume=resume, progress=False)
         return model, [e["loss"] for e in h.epochs]
@@ -91,7 +95,7 @@ def _child(tmp_path, *args, kill=False, timeout=600):
     assert proc.returncode == expected, f"child exited with {proc.returncode}, expected {expected}: {detail}"
 
 
-@pytest.mark.parametrize("objective", ["standard", "saliencydecor"])
+@pytest.mark.parametrize("objective", ["standard", "saliencydecor", "saliencydecor_ramp"])
 def test_resume_after_sigkill_repeats_the_uninterrupted_run(tmp_path, objective):
     """3 epochs of 4 steps; SIGKILL after step 6 (in epoch 2), resume from the epoch-1 checkpoint."""
     ckdir = tmp_path / "ck"

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["decorrelation_reference", "as_sample_matrix", "select_route"]
+__all__ = ["decorrelation_reference", "as_sample_matrix", "select_route", "power_of_two_scale"]
 
 
 def as_sample_matrix(x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +36,16 @@ def as_sample_matrix(x: torch.Tensor) -> torch.Tensor:
     if x.ndim == 2:
         return x
     return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def power_of_two_scale(max_abs: torch.Tensor) -> torch.Tensor:
+    """The power of two a with a <= max_abs < 2a, and 1 where max_abs < 2 (elementwise, same dtype).
+
+    Dividing by a is exact, so the correlation-mode statistics computed in units of a are the
+    plain ones bit for bit wherever those do not overflow; a = 1 leaves values below 2 untouched.
+    """
+    _, exponent = torch.frexp(max_abs.clamp(min=1.0))  # max_abs = m * 2**e, 0.5 <= m < 1
+    return torch.ldexp(torch.ones_like(max_abs), exponent - 1)
 
 
 def select_route(n: int, group_size: int) -> str:
@@ -67,8 +77,14 @@ def decorrelation_reference(
     Xc = X - X.mean(dim=0, keepdim=True)
     Xg = Xc.reshape(n, groups, g).transpose(0, 1)  # (G, n, g)
     if mode == "correlation":
-        var = Xg.square().sum(dim=1, keepdim=True) / n_prime  # (G, 1, g)
-        Xg = Xg * torch.rsqrt(var + eps)
+        # var and eps in units of a power of two a >= 1 per feature (exact rescaling), so that
+        # the squares of features beyond sqrt(max float) do not overflow: s = rsqrt(var' + eps') / a
+        # (a constant column, var' = 0, keeps the plain rsqrt(eps): eps / a^2 may underflow)
+        a = power_of_two_scale(Xg.abs().amax(dim=1, keepdim=True))  # (G, 1, g)
+        var = (Xg / a).square().sum(dim=1, keepdim=True) / n_prime
+        varying = var > 0
+        in_units = torch.rsqrt(torch.where(varying, var, 1.0) + eps / (a * a)) / a
+        Xg = Xg * torch.where(varying, in_units, torch.rsqrt(var + eps))
     route = route or select_route(n, g)
     if route == "D":
         M = Xg.transpose(1, 2) @ Xg / n_prime  # (G, g, g)
