@@ -59,8 +59,11 @@ __all__ = [
     "grid_figure",
 ]
 
-#: Generated data families with exact masks of the class-relevant object.
-FAMILIES = ("digits-in-clutter", "shapes-in-texture", "digits-shortcut")
+#: Generated data families with exact masks of the class-relevant object: digits on clutter,
+#: the framed digit among several (only one object decides the class) and a colour cue that
+#: predicts the class in training only. ``shapes-in-texture`` runs on request (``families=``):
+#: SmallCNN fits only 0.65 (SGD, 12 epochs) / 0.85 (Adam, 30 epochs) of its training set.
+FAMILIES = ("digits-in-clutter", "framed-digits", "digits-shortcut")
 #: Architectures (``sdecor.models.build_model`` names).
 MODELS = ("small_cnn", "resnet20")
 
