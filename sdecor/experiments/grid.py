@@ -57,6 +57,9 @@ __all__ = [
     "grid_summary",
     "grid_table",
     "grid_figure",
+    "method_ranking",
+    "ranking_table",
+    "ACCURACY_GUARD",
 ]
 
 #: Generated data families with exact masks of the class-relevant object: digits on clutter,
@@ -426,6 +429,67 @@ def grid_table(
     return "\n".join(lines)
 
 
+#: A default may cost at most this much accuracy against cross-entropy in any cell (mean over seeds).
+ACCURACY_GUARD = 0.005
+
+
+def method_ranking(summary: dict, baseline: str = "standard", guard: float = ACCURACY_GUARD) -> dict:
+    """How each method fares across the cells that ran it with ``baseline`` (paired changes).
+
+    ``{method: {"cells", "worst_delta_accuracy", "worst_cell", "within_guard",
+    "rma_up", "rma_up_clearly", "mean_delta_rma"}}``: the number of cells, the lowest mean
+    change in accuracy and its cell, the cells whose mean change is at least ``-guard``, the
+    cells where relevance mass accuracy rises on average and where it rises by more than the
+    std of its paired changes, and the mean of the per-cell changes in relevance mass accuracy.
+    Methods are sorted by their worst accuracy change, best first.
+    """
+    rows: dict = {}
+    for cell, methods in summary.items():
+        if baseline not in methods:
+            continue
+        for method, row in methods.items():
+            if method == baseline:
+                continue
+            acc, rma = row.get("delta_accuracy"), row.get("delta_relevance_mass_accuracy")
+            if acc is None:
+                continue
+            r = rows.setdefault(method, {"cells": 0, "deltas_acc": [], "deltas_rma": [], "cell_names": []})
+            r["cells"] += 1
+            r["deltas_acc"].append(acc["mean"])
+            r["cell_names"].append(cell)
+            if rma is not None:
+                r["deltas_rma"].append((rma["mean"], rma["std"]))
+    out = {}
+    for method, r in rows.items():
+        worst = min(range(r["cells"]), key=lambda i: r["deltas_acc"][i])
+        out[method] = {
+            "cells": r["cells"],
+            "worst_delta_accuracy": r["deltas_acc"][worst],
+            "worst_cell": r["cell_names"][worst],
+            "within_guard": sum(d >= -guard for d in r["deltas_acc"]),
+            "rma_up": sum(m > 0 for m, _ in r["deltas_rma"]),
+            "rma_up_clearly": sum(m > sd for m, sd in r["deltas_rma"]),
+            "mean_delta_rma": sum(m for m, _ in r["deltas_rma"]) / len(r["deltas_rma"]) if r["deltas_rma"] else None,
+        }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["worst_delta_accuracy"]))
+
+
+def ranking_table(ranking: dict, guard: float = ACCURACY_GUARD) -> str:
+    """:func:`method_ranking` as a Markdown table."""
+    lines = [
+        f"| method | cells | worst Δ accuracy (cell) | cells within -{guard:g} | cells with RMA up (by > 1 std) "
+        "| mean Δ RMA |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, r in ranking.items():
+        mean_rma = "n/a" if r["mean_delta_rma"] is None else f"{r['mean_delta_rma']:+.3f}"
+        lines.append(
+            f"| {method} | {r['cells']} | {r['worst_delta_accuracy']:+.3f} ({r['worst_cell'].replace('|', ' / ')}) "
+            f"| {r['within_guard']} | {r['rma_up']} ({r['rma_up_clearly']}) | {mean_rma} |"
+        )
+    return "\n".join(lines)
+
+
 def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str | None = None) -> str:
     """Per cell (x axis), each method's change against ``baseline`` in accuracy (top) and relevance
     mass accuracy (bottom): mean over seeds, error bars the std of the paired differences. Returns
@@ -532,6 +596,10 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     note = f"{len(runs)} runs" + (f" of {total}" if total else "")
     text = f"Grid results from `{os.path.basename(path)}` ({note}; config {json.dumps(state['config'])}).\n\n"
     text += grid_table(summary) + "\n"
+    ranking = method_ranking(summary)
+    if ranking:
+        text += "\nPer method across the cells (paired changes against cross-entropy; RMA: relevance mass acc.):\n\n"
+        text += ranking_table(ranking) + "\n"
     dec = {c: rows for c, rows in summary.items() if sum(m in rows for m in DECORRELATION_METHODS) >= 2}
     if dec:
         text += "\nDecorrelation weight (lambda_decor 0 / 0.1 = default / 1), cells with at least two of them:\n\n"

@@ -146,3 +146,34 @@ def test_merge_records(tmp_path):
     c = write("c.json", ["w"], {"epochs": 2})
     with pytest.raises(ValueError, match="another grid config"):
         merge_records([c], a)
+
+
+def test_method_ranking_takes_the_worst_cell_and_counts_the_guard():
+    from sdecor.experiments.grid import method_ranking, ranking_table
+
+    def rec(cell, method, seed, acc, rma):
+        return {
+            "family": cell,
+            "model": "m",
+            "regime": "r",
+            "method": method,
+            "seed": seed,
+            "metrics": {"accuracy": acc, "relevance_mass_accuracy": rma},
+        }
+
+    records = []
+    for seed, noise in ((0, 0.0), (1, 0.002)):
+        records += [rec("a", "standard", seed, 0.90, 0.30), rec("b", "standard", seed, 0.80, 0.20)]
+        records += [rec("a", "x", seed, 0.90 - 0.001 + noise, 0.35), rec("b", "x", seed, 0.80 - 0.02, 0.20 - noise)]
+        records += [rec("a", "y", seed, 0.90 + 0.01, 0.30 + noise), rec("b", "y", seed, 0.80 - 0.004, 0.25)]
+    ranking = method_ranking(grid_summary(records))
+    assert list(ranking) == ["y", "x"]  # best worst case first
+    x, y = ranking["x"], ranking["y"]
+    assert x["cells"] == 2 and x["worst_cell"] == "b|m|r" and x["worst_delta_accuracy"] == pytest.approx(-0.02)
+    assert x["within_guard"] == 1 and x["rma_up"] == 1 and x["rma_up_clearly"] == 1
+    assert y["worst_delta_accuracy"] == pytest.approx(-0.004) and y["within_guard"] == 2
+    # y's RMA rises in both cells, but in cell a only by 0.001 ± 0.0014 (not by more than a std)
+    assert y["rma_up"] == 2 and y["rma_up_clearly"] == 1
+    assert y["mean_delta_rma"] == pytest.approx((0.001 + 0.05) / 2)
+    table = ranking_table(ranking)
+    assert table.splitlines()[2].startswith("| y | 2 | -0.004 (b / m / r) | 2 | 2 (1) | +0.025 |")
