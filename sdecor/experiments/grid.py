@@ -541,6 +541,9 @@ CANDIDATES = {
     "sd_m25": ("saliencydecor", {"mask_fraction": 0.25}),
     "sd_lc1": ("saliencydecor", {"lambda_consistency": 1.0}),
     "sd_fill_mean": ("saliencydecor", {"fill": "mean"}),
+    # the fill moved adversarially within the image's range (two steps of 0.25 of the range)
+    "sd_adv": ("saliencydecor", {"adversarial_steps": 2}),
+    "sd_adv_ld0": ("saliencydecor", {"adversarial_steps": 2, "lambda_decor": 0.0}),
 }
 
 

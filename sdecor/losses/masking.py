@@ -5,6 +5,8 @@
   channels (B, 1, H, W); the model runs in eval mode for it, as in both branches of the official
   Saliency Guided Training code.
 * :func:`mask_least_salient`: replace the least salient pixels of each sample.
+* :func:`adversarial_fill`: move the replaced pixels' values, within the image's value range,
+  to where the prediction changes most (signed-gradient ascent on the consistency KL).
 * :func:`forward_pair`: the clean and the perturbed batch through the model, with the four
   ways the perturbed batch can meet BatchNorm (:data:`MASKED_BN`), recording the clean batch's
   features at a layer when asked.
@@ -26,11 +28,12 @@ from ..models.introspection import record_features, unwrap_model
 from ..ops import mask_features
 from ..ops.masking.checks import FILLS, check_fill_option
 from ..saliency import input_gradient
-from .base import check_logits
+from .base import check_logits, consistency_kl
 
 __all__ = [
     "MASKED_BN",
     "SALIENCY_OF",
+    "adversarial_fill",
     "check_saliency_of",
     "FILLS",
     "check_fill",
@@ -165,6 +168,38 @@ def mask_least_salient(images, saliency, k, fill, generator=None):
     float fraction giving floor(fraction * pixels)); detached."""
     masked, mask = mask_features(images.detach(), saliency, k, largest=False, fill=fill, generator=generator)
     return masked.detach(), mask
+
+
+def adversarial_fill(
+    model: nn.Module, images: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor, steps: int, step_size: float
+) -> torch.Tensor:
+    """Move the fill of the masked pixels to where the prediction changes most; detached.
+
+    Starting from ``masked`` (the images with the ``mask`` pixels replaced), ``steps`` steps of
+    ``x_m <- clamp(x_m + step_size * (max - min) * sign(d KL / d x_m), min, max)`` on the masked
+    pixels only, with KL = KL(p(images) || p(x_m)) (the clean prediction fixed) in eval mode and
+    [min, max] each sample channel's value range in ``images`` (so the fill stays a valid image
+    value, the range the uniform fill draws from). ``images``/``masked``: (B, C, H, W) (or any
+    (B, ...)); ``mask``: bool, broadcastable to them (the (B, 1, H, W) mask of
+    :func:`mask_least_salient`). ``steps`` = 0 returns ``masked``. No parameter ``.grad`` is touched.
+    """
+    x = images.detach()
+    out = masked.detach()
+    if steps == 0:
+        return out
+    dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
+    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    step = step_size * (high - low) * mask.to(x.dtype)
+    net = unwrap_model(model)
+    with torch.enable_grad(), eval_mode(net):
+        with torch.no_grad():
+            target = net(x)
+        for _ in range(steps):
+            out.requires_grad_(True)
+            kl = consistency_kl(target, net(out), detach_target=True)
+            (grad,) = torch.autograd.grad(kl, out)
+            out = torch.maximum(torch.minimum(out.detach() + step * grad.sign(), high), low)
+    return out.detach()
 
 
 def forward_pair(

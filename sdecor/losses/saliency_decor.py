@@ -28,6 +28,7 @@ import torch
 from .._validation import check_choice, check_int, check_positive_float
 from ..ops import decorrelation_loss
 from .base import check_feature_layer, consistency_kl, cross_entropy
+from .masking import adversarial_fill
 from .sgt import SaliencyGuidedTraining
 
 __all__ = ["SaliencyDecor", "DEFAULT_LAMBDA_DECOR", "DEFAULTS"]
@@ -66,6 +67,11 @@ class SaliencyDecor(SaliencyGuidedTraining):
             grad enabled, counted in the ``step`` attribute, saved in the state_dict); 0 (default) means no ramp.
         detach_target: use the clean prediction as a fixed target in the KL (stop-gradient):
             the consistency term then only moves the masked prediction.
+        adversarial_steps: after the ``fill``, this many signed-gradient ascent steps move the
+            masked pixels' values (within each image channel's value range) to where the
+            prediction changes most (:func:`sdecor.losses.masking.adversarial_fill`); 0 (default)
+            keeps the fill as drawn. Each step costs one forward and backward in eval mode.
+        adversarial_step_size: the step, as a fraction of each image channel's value range (> 0).
 
     Parts: ``ce``, ``consistency``, ``decor`` (both unweighted), ``total``, ``logits``.
     """
@@ -84,6 +90,8 @@ class SaliencyDecor(SaliencyGuidedTraining):
         generator=None,
         consistency_ramp_steps: int = 0,
         detach_target: bool = False,
+        adversarial_steps: int = 0,
+        adversarial_step_size: float = 0.25,
     ) -> None:
         super().__init__(
             mask_fraction=mask_fraction,
@@ -99,6 +107,8 @@ class SaliencyDecor(SaliencyGuidedTraining):
         self.feature_layer = check_feature_layer(feature_layer)
         self.consistency_ramp_steps = check_int(consistency_ramp_steps, "consistency_ramp_steps", low=0)
         self.detach_target = bool(detach_target)
+        self.adversarial_steps = check_int(adversarial_steps, "adversarial_steps", low=0)
+        self.adversarial_step_size = check_positive_float(adversarial_step_size, "adversarial_step_size")
         # training-mode calls so far (drives the ramp); in the state_dict as extra state, so that
         # a run resumed from a checkpoint continues the ramp where it stopped
         self.step = 0
@@ -116,6 +126,9 @@ class SaliencyDecor(SaliencyGuidedTraining):
             return self.lambda_consistency
         return self.lambda_consistency * min(1.0, self.step / self.consistency_ramp_steps)
 
+    def _refine_masked(self, model, images, masked, mask):
+        return adversarial_fill(model, images, masked, mask, self.adversarial_steps, self.adversarial_step_size)
+
     def forward(self, model, images, labels):
         logits, masked_logits, features = self._clean_and_masked(
             model, images, labels, record=True, feature_layer=self.feature_layer
@@ -132,5 +145,17 @@ class SaliencyDecor(SaliencyGuidedTraining):
     def extra_repr(self) -> str:
         return (
             super().extra_repr() + f", feature_layer={self.feature_layer!r}, lambda_decor={self.lambda_decor}, "
-            f"decor_mode={self.decor_mode!r}, decor_reduction={self.decor_reduction!r}"
+            f"decor_mode={self.decor_mode!r}, decor_reduction={self.decor_reduction!r}" + self._optional_repr()
         )
+
+    def _optional_repr(self) -> str:
+        """The options that are not at their defaults among those added later (so that the repr of
+        an objective without them, which checkpoints record, stays as it was)."""
+        extra = ""
+        if self.consistency_ramp_steps:
+            extra += f", consistency_ramp_steps={self.consistency_ramp_steps}"
+        if self.detach_target:
+            extra += ", detach_target=True"
+        if self.adversarial_steps:
+            extra += f", adversarial_steps={self.adversarial_steps}, adversarial_step_size={self.adversarial_step_size}"
+        return extra

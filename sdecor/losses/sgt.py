@@ -112,8 +112,13 @@ class SaliencyGuidedTraining(Objective):
         check_batch(images, labels)
         saliency = input_saliency(model, images, labels, absolute=self.saliency_abs, saliency_of=self.saliency_of)
         count = official_mask_count(self.mask_fraction, tuple(images.shape), self.saliency_of)
-        masked, _ = mask_least_salient(images, saliency, count, self.fill, self.generator)
+        masked, mask = mask_least_salient(images, saliency, count, self.fill, self.generator)
+        masked = self._refine_masked(model, images, masked, mask)
         return forward_pair(model, images, masked, self.masked_bn, record=record, feature_layer=feature_layer)
+
+    def _refine_masked(self, model, images, masked, mask):
+        """The masked batch as the official code builds it (subclasses may change the fill)."""
+        return masked
 
     def forward(self, model, images, labels):
         logits, masked_logits, _ = self._clean_and_masked(model, images, labels)

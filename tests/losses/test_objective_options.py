@@ -147,3 +147,94 @@ def test_frozen_masked_bn_leaves_running_stats_to_the_clean_batch(mode):
     assert same == (mode == "frozen")
     assert int(model.bn.num_batches_tracked) == (1 if mode == "frozen" else 2)
     assert model.bn.momentum == clean_only.bn.momentum
+
+
+# ----------------------------------------------------------------------------- adversarial fill
+
+
+class Linear(nn.Module):
+    """Logits W x + b of the flattened image (no BatchNorm: eval and train mode agree)."""
+
+    def __init__(self, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = nn.Linear(2 * 5 * 5, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+def _masked_batch(seed=0):
+    images, labels = _batch(seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    mask = torch.rand(images.shape[0], 1, 5, 5, generator=g) < 0.5
+    fill = torch.rand(images.shape, generator=g)
+    low = images.amin(dim=(2, 3), keepdim=True)
+    high = images.amax(dim=(2, 3), keepdim=True)
+    masked = torch.where(mask, low + fill * (high - low), images)
+    return images, labels, masked, mask, low, high
+
+
+def test_adversarial_fill_one_step_by_hand():
+    from sdecor.losses.masking import adversarial_fill
+
+    model = Linear()
+    images, _, masked, mask, low, high = _masked_batch()
+    got = adversarial_fill(model, images, masked, mask, steps=1, step_size=0.1)
+    # by hand: the sign of d KL(p(x) || p(x_m)) / d x_m, a step of 0.1 * range on the masked pixels
+    xm = masked.clone().requires_grad_(True)
+    kl = _kl(model(images).detach(), model(xm))
+    (grad,) = torch.autograd.grad(kl, xm)
+    want = (masked + 0.1 * (high - low) * grad.sign() * mask).clamp(min=low, max=high)
+    assert torch.equal(got, want)
+    keep = ~mask.expand_as(images)
+    assert torch.equal(got[keep], masked[keep])  # the other pixels are the images'
+    moved = (got - masked).abs()[mask.expand_as(images)]
+    assert bool((moved > 0).any()) and bool(((got >= low) & (got <= high)).all())
+    assert _kl(model(images), model(got)) > _kl(model(images), model(masked))  # the prediction moved away
+    assert all(p.grad is None for p in model.parameters())  # no parameter gradient touched
+    assert adversarial_fill(model, images, masked, mask, steps=0, step_size=0.1) is not masked
+    assert torch.equal(adversarial_fill(model, images, masked, mask, steps=0, step_size=0.1), masked)
+
+
+def test_adversarial_fill_steps_stay_in_range_and_raise_the_kl():
+    from sdecor.losses.masking import adversarial_fill
+
+    model = Linear(seed=1)
+    images, _, masked, mask, low, high = _masked_batch(seed=2)
+    kls = []
+    for steps in (0, 1, 3):
+        out = adversarial_fill(model, images, masked, mask, steps=steps, step_size=0.05)
+        assert bool(((out >= low) & (out <= high)).all())
+        kls.append(_kl(model(images), model(out)).item())
+    assert kls[0] < kls[1] < kls[2]
+
+
+def test_saliencydecor_adversarial_steps():
+    images, labels = _batch()
+    torch.manual_seed(0)
+    model = Tiny()
+    plain = SaliencyDecor(fill=0.0)
+    zero = SaliencyDecor(fill=0.0, adversarial_steps=0)
+    assert repr(zero) == repr(plain)  # the repr checkpoints record is unchanged without the option
+    twin = copy.deepcopy(model)  # a call moves BatchNorm's running statistics, which the saliency uses
+    assert torch.equal(plain(model, images, labels)[0], zero(twin, images, labels)[0])
+    recorder = Recorder(model)
+    adv = SaliencyDecor(fill=0.0, adversarial_steps=2, adversarial_step_size=0.3, masked_bn="eval")
+    assert "adversarial_steps=2, adversarial_step_size=0.3" in repr(adv)
+    loss, parts = adv(recorder, images, labels)
+    # calls: saliency, target, 2 attack steps, clean, masked; the masked batch is the attack's result
+    assert len(recorder.calls) == 6
+    masked_batch = recorder.calls[-1]
+    zero_filled = recorder.calls[2]  # the attack starts from the fill (0.0 here)
+    changed = masked_batch != zero_filled
+    assert bool(changed.any())
+    assert torch.equal(masked_batch[~changed], zero_filled[~changed])
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="adversarial_steps"):
+        SaliencyDecor(adversarial_steps=-1)
+    with pytest.raises(TypeError, match="adversarial_steps"):
+        SaliencyDecor(adversarial_steps=1.5)
+    with pytest.raises(ValueError, match="adversarial_step_size"):
+        SaliencyDecor(adversarial_step_size=0.0)
