@@ -59,6 +59,7 @@ __all__ = [
     "grid_figure",
     "method_ranking",
     "ranking_table",
+    "delta_table",
     "ACCURACY_GUARD",
 ]
 
@@ -429,6 +430,22 @@ def grid_table(
     return "\n".join(lines)
 
 
+def delta_table(summary: dict, metric: str, methods=None, baseline: str = "standard") -> str:
+    """A Markdown table with a row per cell: the baseline's ``metric`` (mean ± std over seeds), then
+    each method's paired change against it (mean ± std, ``n/a`` where the cell lacks the method);
+    ``methods`` (default: every method seen, in order of appearance) chooses and orders the columns."""
+    if methods is None:
+        methods = [m for m in dict.fromkeys(m for rows in summary.values() for m in rows) if m != baseline]
+    head = ["cell", f"{baseline} {metric}"] + [f"{m} Δ" for m in methods]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell, rows in summary.items():
+        base = rows.get(baseline, {}).get(metric)
+        cells = [cell.replace("|", " / "), _fmt(base)]
+        cells += [_fmt(rows.get(m, {}).get(f"delta_{metric}"), signed=True) for m in methods]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 #: A default may cost at most this much accuracy against cross-entropy in any cell (mean over seeds).
 ACCURACY_GUARD = 0.005
 
@@ -599,6 +616,9 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     note = f"{len(runs)} runs" + (f" of {total}" if total else "")
     text = f"Grid results from `{os.path.basename(path)}` ({note}; config {json.dumps(state['config'])}).\n\n"
     text += grid_table(summary) + "\n"
+    for metric in ("accuracy", "relevance_mass_accuracy"):
+        text += f"\nPer cell, cross-entropy's {metric} and each method's paired change against it:\n\n"
+        text += delta_table(summary, metric) + "\n"
     ranking = method_ranking(summary)
     if ranking:
         text += "\nPer method across the cells (paired changes against cross-entropy; RMA: relevance mass acc.):\n\n"

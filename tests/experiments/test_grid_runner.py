@@ -177,3 +177,30 @@ def test_method_ranking_takes_the_worst_cell_and_counts_the_guard():
     assert y["mean_delta_rma"] == pytest.approx((0.001 + 0.05) / 2)
     table = ranking_table(ranking)
     assert table.splitlines()[2].startswith("| y | 2 | -0.004 (b / m / r) | 2 | 2 (1) | +0.025 |")
+
+
+def test_delta_table_has_a_row_per_cell_and_a_column_per_method():
+    from sdecor.experiments.grid import delta_table
+
+    def rec(cell, method, seed, acc):
+        return {
+            "family": cell,
+            "model": "m",
+            "regime": "r",
+            "method": method,
+            "seed": seed,
+            "metrics": {"accuracy": acc},
+        }
+
+    records = [
+        rec("a", "standard", 0, 0.9),
+        rec("a", "standard", 1, 0.8),
+        rec("a", "x", 0, 0.95),
+        rec("a", "x", 1, 0.8),
+    ]
+    records += [rec("b", "standard", 0, 0.5), rec("b", "y", 0, 0.25)]
+    lines = delta_table(grid_summary(records), "accuracy").splitlines()
+    assert lines[0] == "| cell | standard accuracy | x Δ | y Δ |"
+    assert lines[2] == "| a / m / r | 0.850 ± 0.071 | +0.025 ± 0.035 | n/a |"
+    assert lines[3] == "| b / m / r | 0.500 | n/a | -0.250 |"
+    assert delta_table(grid_summary(records), "accuracy", methods=["y"]).splitlines()[0].endswith("| y Δ |")
