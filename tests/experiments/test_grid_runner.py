@@ -124,7 +124,9 @@ def test_compare_grid_command(tmp_path, capsys):
     with open(path) as f:
         runs = json.load(f)["runs"]
     assert [r["key"] for r in runs] == ["digits-shortcut|small_cnn|sgd|standard|0"]
-    assert (tmp_path / "g.md").read_text().count("digits-shortcut / small_cnn / sgd") == 1
+    report = (tmp_path / "g.md").read_text()
+    assert report.count("| digits-shortcut / small_cnn / sgd | standard | 1 |") == 1  # the run's row
+    assert report.count("| digits-shortcut / small_cnn / sgd |") == 3  # and the two per-cell change tables
     assert "1 runs of 1" in capsys.readouterr().out
     assert (tmp_path / "g.png").exists()
 
