@@ -92,16 +92,15 @@ def test_ramp_fraction_resolves_to_steps():
     assert _resolve_options({}, 10) == {}
 
 
+def _record(cell, method, seed, acc, rma=None):
+    """A grid record of cell ``cell|m|r`` with these scores (the fields the summaries read)."""
+    metrics = {"accuracy": acc} if rma is None else {"accuracy": acc, "relevance_mass_accuracy": rma}
+    return {"family": cell, "model": "m", "regime": "r", "method": method, "seed": seed, "metrics": metrics}
+
+
 def test_paired_deltas_use_shared_seeds():
     def rec(method, seed, acc):
-        return {
-            "family": "f",
-            "model": "m",
-            "regime": "r",
-            "method": method,
-            "seed": seed,
-            "metrics": {"accuracy": acc, "relevance_mass_accuracy": acc / 2},
-        }
+        return _record("f", method, seed, acc, acc / 2)
 
     records = [rec("standard", 0, 0.9), rec("standard", 1, 0.8), rec("sd", 0, 0.85), rec("sd", 1, 0.79)]
     row = grid_summary(records)["f|m|r"]["sd"]
@@ -153,16 +152,7 @@ def test_merge_records(tmp_path):
 def test_method_ranking_takes_the_worst_cell_and_counts_the_guard():
     from sdecor.experiments.grid import method_ranking, ranking_table
 
-    def rec(cell, method, seed, acc, rma):
-        return {
-            "family": cell,
-            "model": "m",
-            "regime": "r",
-            "method": method,
-            "seed": seed,
-            "metrics": {"accuracy": acc, "relevance_mass_accuracy": rma},
-        }
-
+    rec = _record
     records = []
     for seed, noise in ((0, 0.0), (1, 0.002)):
         records += [rec("a", "standard", seed, 0.90, 0.30), rec("b", "standard", seed, 0.80, 0.20)]
@@ -184,16 +174,7 @@ def test_method_ranking_takes_the_worst_cell_and_counts_the_guard():
 def test_delta_table_has_a_row_per_cell_and_a_column_per_method():
     from sdecor.experiments.grid import delta_table
 
-    def rec(cell, method, seed, acc):
-        return {
-            "family": cell,
-            "model": "m",
-            "regime": "r",
-            "method": method,
-            "seed": seed,
-            "metrics": {"accuracy": acc},
-        }
-
+    rec = _record
     records = [
         rec("a", "standard", 0, 0.9),
         rec("a", "standard", 1, 0.8),
