@@ -119,3 +119,16 @@ def two_conv_cnn():
         nn.Flatten(),
         nn.Linear(6 * 7 * 7, 3),
     ).eval()
+
+
+class Recorder(nn.Module):
+    """Wraps a model and records (detached copies of) every input batch it is called with."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(x.detach().clone())
+        return self.inner(x)

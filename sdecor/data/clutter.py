@@ -323,7 +323,7 @@ class GeneratedDataset(Dataset):
 
     @staticmethod
     def make(split: str, size: int, seed: int, **kwargs) -> ClutterData:
-        raise NotImplementedError
+        raise NotImplementedError("a GeneratedDataset subclass defines make(split, size, seed, **kwargs)")
 
     def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
         self.data = self.make(split, size, seed, **kwargs)

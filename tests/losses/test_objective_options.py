@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from nets import Recorder
 from torch import nn
 
 from sdecor import decorrelation_loss
@@ -28,17 +29,6 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.fc(self.features(x))
-
-
-class Recorder(nn.Module):
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x):
-        self.calls.append(x.detach().clone())
-        return self.inner(x)
 
 
 def _batch(n=6, seed=0):

@@ -6,26 +6,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from nets import PooledCNN
+from nets import PooledCNN, Recorder
 from torch import nn
 
 from sdecor.losses import SALIENCY_OF, SaliencyGuidedTraining, input_saliency
 from sdecor.losses.sgt import official_mask_count
 
 captum_attr = pytest.importorskip("captum.attr")
-
-
-class Recorder(nn.Module):
-    """Records every input batch."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x):
-        self.calls.append(x.detach().clone())
-        return self.inner(x)
 
 
 def _data(channels, side, n=6, classes=3, seed=0):
