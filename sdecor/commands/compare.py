@@ -189,6 +189,7 @@ def run_grid_command(args) -> int:
     from ..experiments import grid as G
     from ..experiments.runner import default_threads
 
+    device = _device(args.device)
     torch.set_num_threads(args.threads or default_threads())
     families = args.grid_families or G.FAMILIES
     models = args.grid_models or G.MODELS
@@ -206,6 +207,7 @@ def run_grid_command(args) -> int:
             seeds=args.seeds,
             config=config,
             method_table={**G.GRID_METHODS, **G.CANDIDATES},
+            device=device,
             progress=not args.quiet,
         )
     G.write_report(args.grid, total=total)

@@ -50,6 +50,7 @@ __all__ = [
     "GridConfig",
     "run_key",
     "grid_runs",
+    "pending_runs",
     "train_and_evaluate",
     "run_grid",
     "load_records",
@@ -134,6 +135,15 @@ def grid_runs(families=FAMILIES, models=MODELS, regimes=tuple(REGIMES), methods=
                 for seed in seeds:
                     for method in methods:
                         yield family, model, regime, method, int(seed)
+
+
+def pending_runs(
+    done, families=FAMILIES, models=MODELS, regimes=tuple(REGIMES), methods=tuple(GRID_METHODS), seeds=(0, 1, 2)
+):
+    """The runs of the grid (in :func:`grid_runs`' order) whose key (:func:`run_key`) is not in
+    ``done`` (a collection of keys, e.g. those of a grid file's records)."""
+    done = set(done)
+    return [spec for spec in grid_runs(families, models, regimes, methods, seeds) if run_key(*spec) not in done]
 
 
 def _optimizer(regime: Regime, params):
@@ -303,8 +313,7 @@ def run_grid(
     if state["runs"] and state["config"] != cfg:
         raise ValueError(f"{path} holds runs made with another grid config ({state['config']}); use a new file")
     state["config"] = cfg
-    done = {r["key"] for r in state["runs"]}
-    todo = [spec for spec in grid_runs(families, models, regimes, methods, seeds) if run_key(*spec) not in done]
+    todo = pending_runs((r["key"] for r in state["runs"]), families, models, regimes, methods, seeds)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -345,6 +354,7 @@ def run_grid(
                 "options": options,
                 "seed": seed,
                 "data": data.meta.get("fingerprint"),
+                "device": torch.device(device).type,
                 **result,
             }
             state["runs"].append(_clean(record))
@@ -561,6 +571,10 @@ CANDIDATES = {
     # the fill moved adversarially within the image's range (two steps of 0.25 of the range)
     "sd_adv": ("saliencydecor", {"adversarial_steps": 2}),
     "sd_adv_ld0": ("saliencydecor", {"adversarial_steps": 2, "lambda_decor": 0.0}),
+    # gentler adversarial fills: one step of 0.05 or 0.1 of the range, or two steps on a quarter of the pixels
+    "sd_adv1_05": ("saliencydecor", {"adversarial_steps": 1, "adversarial_step_size": 0.05}),
+    "sd_adv1_10": ("saliencydecor", {"adversarial_steps": 1, "adversarial_step_size": 0.1}),
+    "sd_adv_m25": ("saliencydecor", {"adversarial_steps": 2, "mask_fraction": 0.25}),
 }
 
 
@@ -580,11 +594,21 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
+    p.add_argument("--device", default="cpu", help="torch device the runs train and evaluate on (default: cpu)")
     p.add_argument("--report", action="store_true", help="only write the table and figure from the file")
+    p.add_argument(
+        "--no-report",
+        action="store_true",
+        help="run only: no table or figure, one log line per run instead of the progress bar",
+    )
     p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="first merge these grid files into OUT")
     p.add_argument("--figure", default=None, help="figure path (default: OUT with .png)")
     p.add_argument("--table", default=None, help="Markdown table path (default: OUT with .md)")
     args = p.parse_args(argv)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f"--device: expected a torch device such as cpu, cuda or cuda:1, got {args.device!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
@@ -600,7 +624,11 @@ def main(argv=None) -> int:
             seeds=args.seeds,
             config=config,
             method_table=table,
+            device=device,
+            progress=not args.no_report,
         )
+    if args.no_report:
+        return 0
     # the grid the arguments describe (with --report too: pass the grid's arguments to get "n runs of N")
     total = len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
     write_report(args.out, figure=args.figure, table=args.table, total=total)

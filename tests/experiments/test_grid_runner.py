@@ -11,6 +11,7 @@ from sdecor.experiments.grid import (
     grid_runs,
     grid_summary,
     grid_table,
+    pending_runs,
     run_grid,
     run_key,
 )
@@ -55,6 +56,7 @@ def test_two_cell_grid_end_to_end_and_resume(tmp_path):
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["train_accuracy"] <= 1.0
         assert m["relevance_mass_accuracy"] is not None and len(r["history"]) == 1
         assert r["regime_settings"]["optimizer"] == "adam" and r["regime_settings"]["batch_size"] == 128
+        assert r["device"] == "cpu"
     # a rerun skips what is done
     again = run_grid(path, config=_config(), **kwargs)
     assert [r["key"] for r in again["runs"]] == keys
@@ -82,6 +84,23 @@ def test_grid_order_and_validation(tmp_path):
         run_grid(str(tmp_path / "g.json"), families=("nope",), progress=False)
     with pytest.raises(ValueError, match="unknown method"):
         run_grid(str(tmp_path / "g.json"), methods=("nope",), progress=False)
+
+
+def test_pending_runs_leave_out_the_done_keys_in_grid_order():
+    done = [run_key("a", "m", "sgd", "x", 0), run_key("b", "m", "sgd", "y", 1), "not-a-key"]
+    todo = pending_runs(done, ("a", "b"), ("m",), ("sgd",), ("x", "y"), (0, 1))
+    everything = list(grid_runs(("a", "b"), ("m",), ("sgd",), ("x", "y"), (0, 1)))
+    assert todo == [spec for spec in everything if spec not in (("a", "m", "sgd", "x", 0), ("b", "m", "sgd", "y", 1))]
+    assert len(todo) == 6
+    assert pending_runs([], ("a",), ("m",), ("sgd",), ("x",), (0,)) == [("a", "m", "sgd", "x", 0)]
+
+
+def test_grid_module_refuses_a_bad_device(capsys):
+    from sdecor.experiments.grid import main
+
+    with pytest.raises(SystemExit):
+        main(["--out", "unused.json", "--device", "gpu0"])
+    assert "--device: expected a torch device" in capsys.readouterr().err
 
 
 def test_ramp_fraction_resolves_to_steps():
@@ -128,6 +147,15 @@ def test_compare_grid_command(tmp_path, capsys):
     assert report.count("| digits-shortcut / small_cnn / sgd |") == 3  # and the two per-cell change tables
     assert "1 runs of 1" in capsys.readouterr().out
     assert (tmp_path / "g.png").exists()
+
+
+def test_compare_grid_command_checks_the_device(tmp_path, capsys):
+    from sdecor.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--grid", str(tmp_path / "g.json"), "--device", "tpu"])
+    assert "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'" in capsys.readouterr().err
+    assert not (tmp_path / "g.json").exists()
 
 
 def test_merge_records(tmp_path):
