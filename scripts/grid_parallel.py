@@ -5,8 +5,8 @@
 
 Each missing run (a key not in ``--grid``) is one job: ``python -m sdecor.experiments.grid
 --no-report`` for that one (family, model, regime, method, seed), writing its own shard file under
-``--work``. ``--workers`` jobs run at a time (several small-model trainings share one GPU well:
-each is bound by kernel launches). Every 15 s, and at the end, the finished shards are merged
+``--work``. ``--workers`` jobs run at a time (one small-model training leaves most of a GPU idle;
+how many share one well is not measured yet). Every 15 s, and at the end, the finished shards are merged
 into ``<work>/grid_parallel.json`` and copied to ``--publish`` (with the workers' logs as one
 file). At ``--budget-s`` the running jobs are stopped (their runs are lost; finished ones are
 kept) and no new ones start. Merge the result into the grid file afterwards:
