@@ -61,6 +61,7 @@ __all__ = [
     "method_ranking",
     "ranking_table",
     "delta_table",
+    "device_counts",
     "ACCURACY_GUARD",
 ]
 
@@ -635,6 +636,17 @@ def main(argv=None) -> int:
     return 0
 
 
+def device_counts(records: list[dict]) -> dict:
+    """``{cell: {device: number of runs}}`` (cell ``"family|model|regime"``; records written
+    before runs carried their device ran on the CPU)."""
+    counts: dict = {}
+    for r in records:
+        per_cell = counts.setdefault(f"{r['family']}|{r['model']}|{r['regime']}", {})
+        device = r.get("device", "cpu")
+        per_cell[device] = per_cell.get(device, 0) + 1
+    return counts
+
+
 def write_report(path: str, figure: str | None = None, table: str | None = None, total: int | None = None) -> dict:
     """Summary table (Markdown) and figure from the grid file ``path``; returns the summary."""
     state = load_records(path)
@@ -643,6 +655,13 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     stem = os.path.splitext(path)[0]
     note = f"{len(runs)} runs" + (f" of {total}" if total else "")
     text = f"Grid results from `{os.path.basename(path)}` ({note}; config {json.dumps(state['config'])}).\n\n"
+    off_cpu = {cell: c for cell, c in device_counts(runs).items() if set(c) != {"cpu"}}
+    if off_cpu:
+        where = "; ".join(
+            f"{cell.replace('|', ' / ')}: " + ", ".join(f"{n} on {d}" for d, n in sorted(c.items()))
+            for cell, c in off_cpu.items()
+        )
+        text += f"Cells with runs not on the CPU: {where}.\n\n"
     text += grid_table(summary) + "\n"
     for metric in ("accuracy", "relevance_mass_accuracy"):
         text += f"\nPer cell, cross-entropy's {metric} and each method's paired change against it:\n\n"

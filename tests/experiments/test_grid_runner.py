@@ -158,6 +158,22 @@ def test_compare_grid_command_checks_the_device(tmp_path, capsys):
     assert not (tmp_path / "g.json").exists()
 
 
+def test_report_names_the_cells_with_runs_off_the_cpu(tmp_path):
+    from sdecor.experiments.grid import device_counts, write_report
+
+    records = [_record("f", "standard", 0, 0.9, 0.3), _record("f", "sd", 0, 0.8, 0.4), _record("g", "standard", 0, 0.5)]
+    records[1]["device"] = "cuda"
+    assert device_counts(records) == {"f|m|r": {"cpu": 1, "cuda": 1}, "g|m|r": {"cpu": 1}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    write_report(str(path))
+    assert "Cells with runs not on the CPU: f / m / r: 1 on cpu, 1 on cuda.\n" in (tmp_path / "g.md").read_text()
+    del records[1]["device"]
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    write_report(str(path))
+    assert "not on the CPU" not in (tmp_path / "g.md").read_text()
+
+
 def test_merge_records(tmp_path):
     from sdecor.experiments.grid import load_records, merge_records
 
