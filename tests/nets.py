@@ -122,13 +122,16 @@ def two_conv_cnn():
 
 
 class Recorder(nn.Module):
-    """Wraps a model and records (detached copies of) every input batch it is called with."""
+    """Wraps a model and records every call: ``calls`` holds (detached copies of) the input
+    batches, ``modes`` whether the wrapper was in train mode for each."""
 
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
         self.calls = []
+        self.modes = []
 
     def forward(self, x):
         self.calls.append(x.detach().clone())
+        self.modes.append(self.training)
         return self.inner(x)

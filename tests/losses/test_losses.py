@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from nets import PooledCNN as TinyCNN
 from nets import PooledCNNWithoutFeatureLayer as PlainCNN
+from nets import Recorder
 from torch import nn
 
 from sdecor import decorrelation_loss
@@ -39,19 +40,6 @@ class LinearNet(nn.Module):
 
     def forward(self, x):
         return self.fc(x.flatten(1))
-
-
-class Recorder(nn.Module):
-    """Records every input batch and whether the model was in train mode."""
-
-    def __init__(self, inner):
-        super().__init__()
-        self.inner = inner
-        self.calls = []
-
-    def forward(self, x):
-        self.calls.append((x.detach().clone(), self.training))
-        return self.inner(x)
 
 
 def hook_count(model):
@@ -112,7 +100,7 @@ def test_input_saliency_runs_in_eval_mode_and_restores_each_flag():
     running = model.bn.running_mean.clone()
     images, labels = batch()
     input_saliency(rec, images, labels)
-    assert rec.calls[0][1] is False
+    assert rec.modes[0] is False
     assert rec.training and model.conv.training and not model.bn.training
     assert torch.equal(model.bn.running_mean, running)
 
@@ -248,9 +236,9 @@ def test_sgt_masks_the_least_salient_fraction_and_uses_train_mode():
     images, labels = batch()
     loss, parts = SaliencyGuidedTraining(mask_fraction=0.25)(model, images, labels)
     # three passes: saliency (eval), clean (train), masked (train)
-    assert [training for _, training in model.calls] == [False, True, True]
-    assert torch.equal(model.calls[1][0], images)
-    masked = model.calls[2][0]
+    assert model.modes == [False, True, True]
+    assert torch.equal(model.calls[1], images)
+    masked = model.calls[2]
     changed = (masked != images).any(dim=1)  # (B, H, W) pixels masked across channels
     saliency = inner.fc.weight.detach().view(3, 2, 4, 4)[labels].mean(1)  # (B, H, W)
     for b in range(6):
@@ -275,7 +263,7 @@ def test_sgt_absolute_saliency_and_mean_fill():
     model = Recorder(inner).train()
     images, labels = batch()
     SaliencyGuidedTraining(mask_fraction=0.5, fill="mean", saliency_abs=True)(model, images, labels)
-    masked = model.calls[2][0]
+    masked = model.calls[2]
     saliency = inner.fc.weight.detach().view(3, 2, 4, 4)[labels].mean(1).abs()
     for b in range(6):
         order = torch.sort(saliency[b].flatten(), stable=True).indices[:8]
@@ -290,12 +278,12 @@ def test_masked_bn_modes(masked_bn):
     model = Recorder(net).train()
     images, labels = batch()
     loss, parts = SaliencyGuidedTraining(masked_bn=masked_bn)(model, images, labels)
-    shapes_modes = [(x.shape[0], training) for x, training in model.calls]
+    shapes_modes = [(x.shape[0], training) for x, training in zip(model.calls, model.modes)]
     if masked_bn in ("train", "frozen"):  # frozen: train mode too, only the running statistics stay
         assert shapes_modes == [(6, False), (6, True), (6, True)]
     elif masked_bn == "joint":
         assert shapes_modes == [(6, False), (12, True)]
-        assert torch.equal(model.calls[1][0][:6], images)
+        assert torch.equal(model.calls[1][:6], images)
     else:
         assert shapes_modes == [(6, False), (6, True), (6, False)]
     assert model.training and net.bn.training
@@ -330,7 +318,7 @@ def test_saliency_decor_parts_by_hand(model_cls):
     loss, parts = objective(model, images, labels)
     assert hook_count(model) == 0  # nothing kept between steps: the hook lived during the call only
     assert set(parts) == {"ce", "consistency", "decor", "total", "logits"}
-    masked = model.calls[2][0]
+    masked = model.calls[2]
     inner.train()
     logits = inner(images)
     features = inner.features(images)  # the hooked features are the clean batch's pooled features
