@@ -170,6 +170,13 @@ def mask_least_salient(images, saliency, k, fill, generator=None):
     return masked.detach(), mask
 
 
+def value_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) of each sample channel of ``x`` ((B, C, H, W); each sample of any other (B, ...)),
+    with keepdim, so both broadcast to ``x``."""
+    dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
+    return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+
+
 def adversarial_fill(
     model: nn.Module, images: torch.Tensor, masked: torch.Tensor, mask: torch.Tensor, steps: int, step_size: float
 ) -> torch.Tensor:
@@ -187,8 +194,7 @@ def adversarial_fill(
     out = masked.detach()
     if steps == 0:
         return out
-    dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
-    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    low, high = value_range(x)
     step = step_size * (high - low) * mask.to(x.dtype)
     net = unwrap_model(model)
     with torch.enable_grad(), eval_mode(net):

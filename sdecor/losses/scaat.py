@@ -27,7 +27,7 @@ from .._validation import check_int, check_positive_float
 from ..models.introspection import unwrap_model
 from ..ops import mask_features
 from .base import Objective, check_batch, consistency_kl, cross_entropy
-from .masking import check_fraction, check_masked_bn, eval_mode, forward_pair, input_saliency
+from .masking import check_fraction, check_masked_bn, eval_mode, forward_pair, input_saliency, value_range
 
 __all__ = ["SCAAT", "adaptive_budget"]
 
@@ -48,12 +48,6 @@ def adaptive_budget(
     low = min(pixels, max(0, int(-(-min_fraction * pixels // 1))))
     high = max(low, int(max_fraction * pixels))
     return k.clamp(low, high)
-
-
-def _value_range(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample (and channel, for (B, C, H, W)) min and max, broadcastable to x."""
-    dims = tuple(range(2, x.ndim)) if x.ndim == 4 else tuple(range(1, x.ndim))
-    return x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
 
 
 class SCAAT(Objective):
@@ -104,7 +98,7 @@ class SCAAT(Objective):
         k = adaptive_budget(saliency, self.noise_mass, self.min_fraction, self.max_fraction)
         x = images.detach()
         _, mask = mask_features(x, saliency, k, largest=False, fill=0.0)  # the k least salient pixels
-        low, high = _value_range(x)
+        low, high = value_range(x)
         scale = (high - low).clamp_min(torch.finfo(x.dtype).tiny)
         eps, alpha = self.epsilon * scale, self.step_size * scale
         keep = mask.to(x.dtype)

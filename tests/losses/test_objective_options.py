@@ -165,6 +165,20 @@ def _masked_batch(seed=0):
     return images, labels, masked, mask, low, high
 
 
+def test_value_range_per_sample_channel():
+    from sdecor.losses.masking import value_range
+
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)[..., ::2]  # non-contiguous
+    low, high = value_range(x)
+    assert low.shape == high.shape == (2, 3, 1, 1)
+    for b in range(2):
+        for c in range(3):
+            assert low[b, c, 0, 0] == x[b, c].min() and high[b, c, 0, 0] == x[b, c].max()
+    flat = torch.tensor([[3.0, -1.0, 2.0], [0.5, 0.5, 0.25]])  # (B, F): per sample
+    low, high = value_range(flat)
+    assert torch.equal(low, torch.tensor([[-1.0], [0.25]])) and torch.equal(high, torch.tensor([[3.0], [0.5]]))
+
+
 def test_adversarial_fill_one_step_by_hand():
     from sdecor.losses.masking import adversarial_fill
 
