@@ -19,8 +19,10 @@ under-training shows.
 
 :func:`run_grid` appends every finished run to a JSON file at once (written to a temporary file
 and renamed, so an interrupted grid leaves a valid file); a rerun skips the runs already there,
-so the grid can be stopped and resumed. Records carry the data's fingerprint; a file written
-with other settings (epochs, eval sizes, ...) is refused. :func:`grid_summary` reduces the records
+so the grid can be stopped and resumed. Records carry the data's fingerprint, the device and the
+memory format; a file written with other settings (epochs, eval sizes, ...) is refused. Every run
+trains in float32 on every device (no autocast, no TF32), so runs on a GPU differ from CPU runs
+only by the order of float operations, as a channels-last run does. :func:`grid_summary` reduces the records
 per cell and method (mean and sample std over seeds, and the per-seed paired change against
 cross-entropy), :func:`grid_table` prints it as Markdown and :func:`grid_figure` draws, per cell,
 each method's change in accuracy and relevance mass accuracy against cross-entropy with error
@@ -29,6 +31,7 @@ bars (std of the paired differences over seeds).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -63,6 +66,7 @@ __all__ = [
     "ranking_table",
     "delta_table",
     "device_counts",
+    "float32_math",
     "ACCURACY_GUARD",
 ]
 
@@ -168,6 +172,19 @@ def _resolve_options(options: dict, total_steps: int) -> dict:
     return options
 
 
+@contextlib.contextmanager
+def float32_math():
+    """Full float32 convolutions and matmuls for the duration of the block: TF32 off on CUDA
+    (cuDNN and cuBLAS), the previous settings restored afterwards (also when the block raises)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def train_and_evaluate(
     data,
     *,
@@ -178,12 +195,15 @@ def train_and_evaluate(
     seed: int = 0,
     config: GridConfig | None = None,
     device="cpu",
+    channels_last: bool = False,
 ) -> dict:
     """Train one model with one objective under ``regime`` and score it (a JSON-ready dict).
 
     ``data`` is a :class:`~sdecor.experiments.runner.Data` whose train loader has
-    ``regime.batch_size``. The record holds ``metrics`` (``runner.evaluate``'s scores plus
-    ``train_accuracy``), the masked-accuracy curve, the training history and timings.
+    ``regime.batch_size``. Training runs in float32 on every device (no autocast; TF32 off, see
+    :func:`float32_math`), with ``channels_last`` memory format if asked (faster convolutions,
+    see :func:`sdecor.train.fit`). The record holds ``metrics`` (``runner.evaluate``'s scores
+    plus ``train_accuracy``), the masked-accuracy curve, the training history and timings.
     """
     config = config or GridConfig()
     set_seed(seed)
@@ -197,25 +217,29 @@ def train_and_evaluate(
     total_steps = epochs * len(data.train_loader)
     resolved = _resolve_options(options or {}, total_steps)
     start = time.perf_counter()
-    history = fit(
-        net,
-        build_objective(method, **resolved),
-        data.train_loader,
-        epochs=epochs,
-        optimizer=_optimizer(regime, net.parameters()),
-        lr=regime.lr,
-        schedule="onecycle",
-        device=device,
-        seed=seed,
-        progress=False,
-    )
+    with float32_math():
+        history = fit(
+            net,
+            build_objective(method, **resolved),
+            data.train_loader,
+            epochs=epochs,
+            optimizer=_optimizer(regime, net.parameters()),
+            lr=regime.lr,
+            schedule="onecycle",
+            device=device,
+            amp=False,
+            seed=seed,
+            progress=False,
+            channels_last=channels_last,
+        )
     train_time = time.perf_counter() - start
     start = time.perf_counter()
     subset = torch.utils.data.Subset(
         data.train_loader.dataset, range(min(config.n_train_eval, len(data.train_loader.dataset)))
     )
-    train_acc = evaluate_accuracy(net, torch.utils.data.DataLoader(subset, batch_size=256), device=device)
-    evaluation = evaluate(net, data, device=device, config=config.eval, seed=seed)
+    with float32_math():
+        train_acc = evaluate_accuracy(net, torch.utils.data.DataLoader(subset, batch_size=256), device=device)
+        evaluation = evaluate(net, data, device=device, config=config.eval, seed=seed)
     evaluation["metrics"]["train_accuracy"] = train_acc
     return {
         **evaluation,
@@ -289,12 +313,15 @@ def run_grid(
     config: GridConfig | None = None,
     method_table: dict | None = None,
     device="cpu",
+    channels_last: bool = False,
     progress: bool = True,
     log=print,
 ) -> dict:
     """Run every missing run of the grid, appending each to the JSON file ``path`` as it finishes.
 
     ``method_table`` (default :data:`GRID_METHODS`) maps method names to ``(objective, options)``.
+    ``device`` and ``channels_last`` are passed to :func:`train_and_evaluate` and recorded
+    (``"device"``, ``"memory_format"``) in every run.
     Raises ``ValueError`` for an unknown family, model, regime or method, and when ``path`` holds
     runs made with another :class:`GridConfig`. Returns the file's final contents.
     """
@@ -346,6 +373,7 @@ def run_grid(
                 seed=seed,
                 config=config,
                 device=device,
+                channels_last=channels_last,
             )
             record = {
                 "key": run_key(family, model, regime_name, method, seed),
@@ -359,6 +387,7 @@ def run_grid(
                 "seed": seed,
                 "data": data.meta.get("fingerprint"),
                 "device": torch.device(device).type,
+                "memory_format": "channels_last" if channels_last else "contiguous",
                 **result,
             }
             state["runs"].append(_clean(record))
@@ -598,6 +627,11 @@ def main(argv=None) -> int:
     p.add_argument("--n-test", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--device", default="cpu", help="torch device the runs train and evaluate on (default: cpu)")
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="train in channels-last memory format (faster convolutions; recorded in each run)",
+    )
     p.add_argument("--report", action="store_true", help="only write the table and figure from the file")
     p.add_argument(
         "--no-report",
@@ -628,6 +662,7 @@ def main(argv=None) -> int:
             config=config,
             method_table=table,
             device=device,
+            channels_last=args.channels_last,
             progress=not args.no_report,
         )
     if args.no_report:

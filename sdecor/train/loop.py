@@ -182,6 +182,7 @@ class _Run:
     max_steps: int | None
     watch: NonFiniteWatch
     check_every: int  # steps between two reads of the divergence flags (one host sync each)
+    channels_last: bool = False  # 4-D batches in channels-last memory format
     step: int = 0
     last_good: str | None = None  # the checkpoint a divergence leaves in place
 
@@ -354,6 +355,8 @@ def _train_epoch(run: _Run, loader, bar) -> _EpochSums:
             break
         images, labels = split_batch(batch)
         images = images.to(run.device, non_blocking=True)
+        if run.channels_last and images.ndim == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = labels.to(run.device, non_blocking=True)
         loss, parts = _train_step(run, images, labels)
         sums.add(loss, parts, labels)
@@ -405,6 +408,7 @@ def fit(
     grad_clip: float | None = None,
     max_steps: int | None = None,
     max_grad_norm: float | None = None,
+    channels_last: bool = False,
 ) -> History:
     """Train ``model`` in place with ``objective``; return the per-epoch :class:`History`.
 
@@ -468,6 +472,10 @@ def fit(
         max_steps: stop after this many optimizer steps in total (smoke tests).
         max_grad_norm: clip the total gradient norm of the optimised parameters to this (> 0)
             before every optimizer step (after unscaling, with float16 loss scaling).
+        channels_last: keep the model's 4-D parameters and every 4-D batch in channels-last
+            memory format (faster convolutions with oneDNN on CPU and with tensor cores on a
+            GPU; the same arithmetic up to the order of float additions, so not bitwise equal
+            to a contiguous run). The model is left in that format.
 
     Divergence: the loss and each scalar part of the objective (and the gradient norm when
     clipping) are checked for NaN/inf at every step, by flags kept on the device: read every
@@ -502,6 +510,8 @@ def fit(
         optimizer,
         eval_fn,
     )
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
     distributed = want_distributed(distributed)
     device = resolve_device(device)
     if distributed:
@@ -511,6 +521,8 @@ def fit(
     set_seed(seed + rank)
 
     model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if isinstance(objective, nn.Module):
         objective.to(device)
     use_amp, dtype, scaler = _mixed_precision(device, amp, amp_dtype)
@@ -539,6 +551,7 @@ def fit(
         max_steps=max_steps,
         watch=NonFiniteWatch(device, lr_hint=f" (lr={lr:g} now)"),
         check_every=check_interval(device),
+        channels_last=channels_last,
     )
     history, start_epoch, ck = History(), 0, None
     last_path = os.path.join(checkpoint_dir, "last.pt") if checkpoint_dir else None

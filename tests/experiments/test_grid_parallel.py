@@ -24,7 +24,7 @@ def test_runs_the_missing_runs_in_parallel_and_merges_them(tmp_path):
     grid.write_text(json.dumps({"config": None, "runs": [{"key": done}]}))
     args = ["--grid", str(grid), "--methods", "standard", "saliencydecor", "--seeds", "0", "1", "--workers", "2"]
     args += ["--limit", "2"]
-    result = _run(*args, "--work", work, "--publish", publish, *TINY, "--epochs", "1")
+    result = _run(*args, "--work", work, "--publish", publish, *TINY, "--epochs", "1", "--channels-last")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 runs to do, 2 at a time on cpu" in result.stdout
     with open(os.path.join(publish, "grid_parallel.json")) as f:
@@ -32,6 +32,7 @@ def test_runs_the_missing_runs_in_parallel_and_merges_them(tmp_path):
     keys = {run_key("digits-in-clutter", "small_cnn", "sgd", m, s) for m, s in [("saliencydecor", 0), ("standard", 1)]}
     assert {r["key"] for r in runs} == keys
     assert all(r["device"] == "cpu" and len(r["history"]) == 1 for r in runs)
+    assert all(r["memory_format"] == "channels_last" for r in runs)  # --grid-args reach the workers
     assert (tmp_path / "out" / "grid_parallel.log").read_text().count("=====") == 2
     # a second call finds the finished shards in the work folder and runs only the last one
     again = _run(*args, "--work", work, *TINY, "--epochs", "1", budget="0")

@@ -56,7 +56,7 @@ def test_two_cell_grid_end_to_end_and_resume(tmp_path):
         assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["train_accuracy"] <= 1.0
         assert m["relevance_mass_accuracy"] is not None and len(r["history"]) == 1
         assert r["regime_settings"]["optimizer"] == "adam" and r["regime_settings"]["batch_size"] == 128
-        assert r["device"] == "cpu"
+        assert r["device"] == "cpu" and r["memory_format"] == "contiguous"
     # a rerun skips what is done
     again = run_grid(path, config=_config(), **kwargs)
     assert [r["key"] for r in again["runs"]] == keys
@@ -137,11 +137,12 @@ def test_compare_grid_command(tmp_path, capsys):
     path = str(tmp_path / "g.json")
     argv = ["compare", "--grid", path, "--grid-families", "digits-shortcut", "--grid-models", "small_cnn"]
     argv += ["--grid-regimes", "sgd", "--grid-methods", "standard", "--seeds", "1", "--grid-epochs", "1"]
-    argv += ["--n-train", "64", "--n-test", "32", "--threads", "1", "--quiet"]
+    argv += ["--n-train", "64", "--n-test", "32", "--threads", "1", "--quiet", "--grid-channels-last"]
     assert main(argv) == 0
     with open(path) as f:
         runs = json.load(f)["runs"]
     assert [r["key"] for r in runs] == ["digits-shortcut|small_cnn|sgd|standard|0"]
+    assert runs[0]["memory_format"] == "channels_last"
     report = (tmp_path / "g.md").read_text()
     assert report.count("| digits-shortcut / small_cnn / sgd | standard | 1 |") == 1  # the run's row
     assert report.count("| digits-shortcut / small_cnn / sgd |") == 3  # and the two per-cell change tables
@@ -231,3 +232,47 @@ def test_delta_table_has_a_row_per_cell_and_a_column_per_method():
     assert lines[2] == "| a / m / r | 0.850 ± 0.071 | +0.025 ± 0.035 | n/a |"
     assert lines[3] == "| b / m / r | 0.500 | n/a | -0.250 |"
     assert delta_table(grid_summary(records), "accuracy", methods=["y"]).splitlines()[0].endswith("| y Δ |")
+
+
+def test_float32_math_turns_tf32_off_and_restores_it():
+    import torch
+
+    from sdecor.experiments.grid import float32_math
+
+    flags = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with float32_math():
+            assert [f.allow_tf32 for f in flags] == [False, False]
+        assert [f.allow_tf32 for f in flags] == [True, True]
+        with pytest.raises(RuntimeError, match="inside"):
+            with float32_math():
+                raise RuntimeError("inside")
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, v in zip(flags, saved):
+            f.allow_tf32 = v
+
+
+def test_runs_train_in_float32_on_every_device(monkeypatch):
+    """No autocast (``amp=False`` whatever the device) and no TF32 while a run trains."""
+    import torch
+
+    from sdecor.experiments import grid as G
+    from sdecor.experiments.runner import load_data
+
+    seen = {}
+    real_fit = G.fit
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs, tf32=(torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(G, "fit", spy)
+    cfg = _config()
+    data = load_data("digits-in-clutter", batch_size=32, n_train=cfg.n_train, n_test=cfg.n_test)
+    out = G.train_and_evaluate(data, method="standard", config=cfg, channels_last=True)
+    assert seen["amp"] is False and seen["tf32"] == (False, False) and seen["channels_last"] is True
+    assert 0.0 <= out["metrics"]["accuracy"] <= 1.0

@@ -115,6 +115,34 @@ def test_determinism_by_seed():
     assert not all(torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
+def test_channels_last_is_the_same_training_in_another_layout():
+    seen = []
+
+    def run(channels_last):
+        train, _, _ = _loaders()  # a fresh loader: the same batches in the same order
+        model = _tiny_model(0)
+        hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        h = fit(model, Standard(), train, epochs=2, seed=0, progress=False, channels_last=channels_last)
+        hook.remove()
+        convs = [p for p in model.parameters() if p.ndim == 4]
+        layouts = {p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs}
+        return model, h, layouts
+
+    plain, h_plain, layouts = run(False)
+    assert seen and all(x.is_contiguous() for x in seen) and layouts == {False}
+    seen.clear()
+    last, h_last, layouts = run(True)
+    assert seen and all(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() for x in seen)
+    assert layouts == {True}  # the model is left in channels-last format
+    # the same arithmetic up to the order of float additions
+    for a, b in zip(h_plain, h_last):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4)
+    for (name, a), b in zip(plain.state_dict().items(), last.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+    with pytest.raises(TypeError, match="channels_last must be a bool"):
+        fit(_tiny_model(), Standard(), _loaders()[0], channels_last="yes", progress=False)
+
+
 def test_checkpoints_and_resume(tmp_path):
     train, test, info = _loaders()
     model = _tiny_model()
