@@ -216,8 +216,8 @@ def train_and_evaluate(
     epochs = config.epochs or regime.epochs
     total_steps = epochs * len(data.train_loader)
     resolved = _resolve_options(options or {}, total_steps)
-    start = time.perf_counter()
     with float32_math():
+        start = time.perf_counter()
         history = fit(
             net,
             build_objective(method, **resolved),
@@ -232,12 +232,11 @@ def train_and_evaluate(
             progress=False,
             channels_last=channels_last,
         )
-    train_time = time.perf_counter() - start
-    start = time.perf_counter()
-    subset = torch.utils.data.Subset(
-        data.train_loader.dataset, range(min(config.n_train_eval, len(data.train_loader.dataset)))
-    )
-    with float32_math():
+        train_time = time.perf_counter() - start
+        start = time.perf_counter()
+        subset = torch.utils.data.Subset(
+            data.train_loader.dataset, range(min(config.n_train_eval, len(data.train_loader.dataset)))
+        )
         train_acc = evaluate_accuracy(net, torch.utils.data.DataLoader(subset, batch_size=256), device=device)
         evaluation = evaluate(net, data, device=device, config=config.eval, seed=seed)
     evaluation["metrics"]["train_accuracy"] = train_acc
