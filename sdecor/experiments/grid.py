@@ -606,6 +606,9 @@ CANDIDATES = {
     # gentler adversarial fills: one step of 0.1 of the range, or two steps on a quarter of the pixels
     "sd_adv1_10": ("saliencydecor", {"adversarial_steps": 1, "adversarial_step_size": 0.1}),
     "sd_adv_m25": ("saliencydecor", {"adversarial_steps": 2, "mask_fraction": 0.25}),
+    # the decorrelation term alone at the stronger weight (no consistency term), and a stronger one still
+    "sd_lc0_ld1": ("saliencydecor", {"lambda_consistency": 0.0, "lambda_decor": 1.0}),
+    "sd_ld3": ("saliencydecor", {"lambda_decor": 3.0}),
 }
 
 

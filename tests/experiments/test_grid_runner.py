@@ -5,6 +5,8 @@ import json
 import pytest
 
 from sdecor.experiments.grid import (
+    CANDIDATES,
+    GRID_METHODS,
     GridConfig,
     _resolve_options,
     grid_figure,
@@ -16,6 +18,7 @@ from sdecor.experiments.grid import (
     run_key,
 )
 from sdecor.experiments.runner import EvalConfig
+from sdecor.losses import build_objective
 
 
 def _config(epochs=1):
@@ -109,6 +112,16 @@ def test_ramp_fraction_resolves_to_steps():
         "consistency_ramp_steps": 50,
     }
     assert _resolve_options({}, 10) == {}
+
+
+@pytest.mark.parametrize("name", sorted({**GRID_METHODS, **CANDIDATES}))
+def test_every_grid_method_builds_its_objective_with_the_options_it_names(name):
+    objective_name, options = {**GRID_METHODS, **CANDIDATES}[name]
+    resolved = _resolve_options(options, total_steps=100)
+    objective = build_objective(objective_name, **resolved)
+    for option, value in resolved.items():
+        assert getattr(objective, option) == value, (name, option)
+    assert not set(GRID_METHODS) & set(CANDIDATES)
 
 
 def _record(cell, method, seed, acc, rma=None):
