@@ -211,7 +211,7 @@ def run_grid_command(args) -> int:
             methods=methods,
             seeds=args.seeds,
             config=config,
-            method_table={**G.GRID_METHODS, **G.CANDIDATES},
+            method_table=G.ALL_METHODS,
             device=device,
             channels_last=args.grid_channels_last,
             progress=not args.quiet,

@@ -50,6 +50,7 @@ __all__ = [
     "MODELS",
     "REGIMES",
     "GRID_METHODS",
+    "ALL_METHODS",
     "Regime",
     "GridConfig",
     "run_key",
@@ -611,12 +612,15 @@ CANDIDATES = {
     "sd_ld3": ("saliencydecor", {"lambda_decor": 3.0}),
 }
 
+#: Every method a grid run can name: the grid's own and the screened candidates (disjoint names).
+ALL_METHODS = {**GRID_METHODS, **CANDIDATES}
+
 
 def main(argv=None) -> int:
     """``python -m sdecor.experiments.grid --out FILE [...]``: run (or resume) a grid, or report on one."""
     import argparse
 
-    table = {**GRID_METHODS, **CANDIDATES}
+    table = ALL_METHODS
     p = argparse.ArgumentParser(prog="python -m sdecor.experiments.grid", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the grid's JSON file (appended to; a rerun resumes)")
     p.add_argument("--families", nargs="+", default=list(FAMILIES))

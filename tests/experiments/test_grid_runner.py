@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sdecor.experiments.grid import (
+    ALL_METHODS,
     CANDIDATES,
     GRID_METHODS,
     GridConfig,
@@ -114,14 +115,18 @@ def test_ramp_fraction_resolves_to_steps():
     assert _resolve_options({}, 10) == {}
 
 
-@pytest.mark.parametrize("name", sorted({**GRID_METHODS, **CANDIDATES}))
+@pytest.mark.parametrize("name", sorted(ALL_METHODS))
 def test_every_grid_method_builds_its_objective_with_the_options_it_names(name):
-    objective_name, options = {**GRID_METHODS, **CANDIDATES}[name]
+    objective_name, options = ALL_METHODS[name]
     resolved = _resolve_options(options, total_steps=100)
     objective = build_objective(objective_name, **resolved)
     for option, value in resolved.items():
         assert getattr(objective, option) == value, (name, option)
+
+
+def test_all_methods_is_the_grid_methods_and_the_candidates_with_no_name_shared():
     assert not set(GRID_METHODS) & set(CANDIDATES)
+    assert ALL_METHODS == {**GRID_METHODS, **CANDIDATES}
 
 
 def _record(cell, method, seed, acc, rma=None):
