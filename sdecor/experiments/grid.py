@@ -610,6 +610,8 @@ CANDIDATES = {
     # the decorrelation term alone at the stronger weight (no consistency term), and a stronger one still
     "sd_lc0_ld1": ("saliencydecor", {"lambda_consistency": 0.0, "lambda_decor": 1.0}),
     "sd_ld3": ("saliencydecor", {"lambda_decor": 3.0}),
+    # a weight between the default and 1: the shortcut effect of 1 without its slower start?
+    "sd_ld03": ("saliencydecor", {"lambda_decor": 0.3}),
 }
 
 #: Every method a grid run can name: the grid's own and the screened candidates (disjoint names).
