@@ -170,6 +170,14 @@ def add_arguments(parser) -> None:
     grid.add_argument("--grid-families", type=_names, default=None, metavar="LIST", help="data families (default: all)")
     grid.add_argument("--grid-models", type=_names, default=None, metavar="LIST", help="models (default: all)")
     grid.add_argument("--grid-regimes", type=_names, default=None, metavar="LIST", help="regimes (default: sgd,adam)")
+    grid.add_argument(
+        "--grid-define-regime",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIMIZER,LR,BATCH_SIZE[,WEIGHT_DECAY[,EPOCHS]]",
+        help="a regime besides sgd and adam, e.g. adam-short=adam,2e-3,128,0,12 (repeatable; name it in "
+        "--grid-regimes; resume its file with the same definitions)",
+    )
     grid.add_argument("--grid-methods", type=_names, default=None, metavar="LIST", help="grid methods (default: all)")
     grid.add_argument("--grid-epochs", type=positive_int, default=None, help="epochs per run (default: the regime's)")
     grid.add_argument(
@@ -195,6 +203,13 @@ def run_grid_command(args) -> int:
     from ..experiments.runner import default_threads
 
     device = _device(args.device)
+    try:
+        regime_table = G.regimes_with(args.grid_define_regime)
+    except ValueError as err:
+        raise ValueError(f"--grid-define-regime: {err}") from None
+    unknown = [r for r in (args.grid_regimes or ()) if r not in regime_table]
+    if unknown:
+        raise ValueError(f"--grid-regimes: unknown regime(s) {unknown}; choose from {', '.join(regime_table)}")
     torch.set_num_threads(args.threads or default_threads())
     families = args.grid_families or G.FAMILIES
     models = args.grid_models or G.MODELS
@@ -212,6 +227,7 @@ def run_grid_command(args) -> int:
             seeds=args.seeds,
             config=config,
             method_table=G.ALL_METHODS,
+            regime_table=regime_table,
             device=device,
             channels_last=args.grid_channels_last,
             progress=not args.quiet,

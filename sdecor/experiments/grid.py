@@ -52,6 +52,9 @@ __all__ = [
     "GRID_METHODS",
     "ALL_METHODS",
     "Regime",
+    "OPTIMIZERS",
+    "parse_regime",
+    "regimes_with",
     "GridConfig",
     "run_key",
     "grid_runs",
@@ -90,6 +93,54 @@ class Regime:
     weight_decay: float = 0.0
     epochs: int = 12
 
+    def __post_init__(self):
+        """Raises ``ValueError`` for an unknown optimizer, a learning rate that is not > 0, a batch
+        size or epoch count below 1, or a negative weight decay."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        for name in ("batch_size", "epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+
+
+#: The optimizers a :class:`Regime` can name.
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def parse_regime(spec: str) -> tuple[str, Regime]:
+    """``"NAME=OPTIMIZER,LR,BATCH_SIZE[,WEIGHT_DECAY[,EPOCHS]]"`` -> ``(NAME, Regime)``.
+
+    For example ``"adam-short=adam,2e-3,128,0,12"``: Adam one-cycle to 2e-3 at batch 128, no weight
+    decay, 12 epochs (weight decay defaults to 0, epochs to 12). ``NAME`` may not contain ``|``
+    or ``,`` (run keys join their parts with ``|``). Raises ``ValueError`` naming the part that
+    is malformed.
+    """
+    name, eq, rest = spec.partition("=")
+    name = name.strip()
+    if not eq or not name or "|" in name or "," in name:
+        raise ValueError(f"regime: expected NAME=OPTIMIZER,LR,BATCH_SIZE[,WEIGHT_DECAY[,EPOCHS]], got {spec!r}")
+    parts = [part.strip() for part in rest.split(",")]
+    if not 3 <= len(parts) <= 5:
+        raise ValueError(
+            f"regime {name!r}: expected OPTIMIZER,LR,BATCH_SIZE[,WEIGHT_DECAY[,EPOCHS]] (3 to 5 values), got {rest!r}"
+        )
+    fields = ("lr", float), ("batch_size", int), ("weight_decay", float), ("epochs", int)
+    values = {}
+    for (field_name, kind), text in zip(fields, parts[1:]):
+        try:
+            values[field_name] = kind(text)
+        except ValueError:
+            raise ValueError(f"regime {name!r}: {field_name} must be {kind.__name__}, got {text!r}") from None
+    try:
+        return name, Regime(parts[0], **values)
+    except ValueError as err:
+        raise ValueError(f"regime {name!r}: {err}") from None
+
 
 #: The two training regimes of the grid; each trains cross-entropy to (nearly) 100% training
 #: accuracy on digits-in-clutter with SmallCNN (Adam at 2e-3 for 30 epochs: 0.83).
@@ -97,6 +148,23 @@ REGIMES = {
     "sgd": Regime("sgd", 0.1, 32, 5e-4, epochs=12),
     "adam": Regime("adam", 1e-2, 128, 0.0, epochs=30),
 }
+
+
+def regimes_with(specs=()) -> dict:
+    """:data:`REGIMES` plus the regimes ``specs`` define (each as :func:`parse_regime` reads it).
+
+    Raises ``ValueError`` for a malformed spec, or one that names a built-in regime or a regime
+    defined twice.
+    """
+    table = dict(REGIMES)
+    for spec in specs:
+        name, regime = parse_regime(spec)
+        if name in table:
+            what = "a built-in regime" if name in REGIMES else "defined twice"
+            raise ValueError(f"regime {name!r} is {what}; give the new regime another name")
+        table[name] = regime
+    return table
+
 
 #: name -> (objective name, options). ``ramp`` in the options is a fraction of the training steps,
 #: resolved to the objective's ``consistency_ramp_steps`` for the run's length.
@@ -312,6 +380,7 @@ def run_grid(
     seeds=(0, 1, 2),
     config: GridConfig | None = None,
     method_table: dict | None = None,
+    regime_table: dict | None = None,
     device="cpu",
     channels_last: bool = False,
     progress: bool = True,
@@ -319,7 +388,9 @@ def run_grid(
 ) -> dict:
     """Run every missing run of the grid, appending each to the JSON file ``path`` as it finishes.
 
-    ``method_table`` (default :data:`GRID_METHODS`) maps method names to ``(objective, options)``.
+    ``method_table`` (default :data:`GRID_METHODS`) maps method names to ``(objective, options)``;
+    ``regime_table`` (default :data:`REGIMES`) maps regime names to :class:`Regime` s. The file's
+    config records the whole regime table, so a file is resumed with the table it was begun with.
     ``device`` and ``channels_last`` are passed to :func:`train_and_evaluate` and recorded
     (``"device"``, ``"memory_format"``) in every run.
     Raises ``ValueError`` for an unknown family, model, regime or method, and when ``path`` holds
@@ -330,17 +401,18 @@ def run_grid(
 
     config = config or GridConfig()
     table = dict(GRID_METHODS if method_table is None else method_table)
+    regime_table = dict(REGIMES if regime_table is None else regime_table)
     for name, known, what in (
         (families, DATASET_NAMES, "family"),
         (models, MODEL_NAMES, "model"),
-        (regimes, tuple(REGIMES), "regime"),
+        (regimes, tuple(regime_table), "regime"),
         (methods, tuple(table), "method"),
     ):
         unknown = [v for v in name if v not in known]
         if unknown:
             raise ValueError(f"unknown {what}(s) {unknown}; choose from {', '.join(known)}")
     state = load_records(path)
-    cfg = _clean({**config.as_dict(), "regimes": {name: asdict(REGIMES[name]) for name in sorted(REGIMES)}})
+    cfg = _clean({**config.as_dict(), "regimes": {name: asdict(regime_table[name]) for name in sorted(regime_table)}})
     if state["runs"] and state["config"] != cfg:
         raise ValueError(f"{path} holds runs made with another grid config ({state['config']}); use a new file")
     state["config"] = cfg
@@ -353,7 +425,7 @@ def run_grid(
     cache: dict = {}
     try:
         for family, model, regime_name, method, seed in todo:
-            regime = REGIMES[regime_name]
+            regime = regime_table[regime_name]
             if bar is not None:
                 bar.set_postfix_str(f"{family} {model} {regime_name} {method} s{seed}")
             data_key = (family, regime.batch_size)
@@ -627,7 +699,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="the grid's JSON file (appended to; a rerun resumes)")
     p.add_argument("--families", nargs="+", default=list(FAMILIES))
     p.add_argument("--models", nargs="+", default=list(MODELS))
-    p.add_argument("--regimes", nargs="+", default=list(REGIMES))
+    p.add_argument("--regimes", nargs="+", default=None, help=f"default: {' '.join(REGIMES)}")
+    p.add_argument(
+        "--define-regime",
+        action="append",
+        default=[],
+        metavar="NAME=OPTIMIZER,LR,BATCH_SIZE[,WEIGHT_DECAY[,EPOCHS]]",
+        help="a regime besides the built-in ones, e.g. adam-short=adam,2e-3,128,0,12 (repeatable; "
+        "name it in --regimes; resume its file with the same definitions)",
+    )
     p.add_argument("--methods", nargs="+", default=list(GRID_METHODS), help=f"from {', '.join(table)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: each regime's own)")
@@ -654,6 +734,14 @@ def main(argv=None) -> int:
         device = torch.device(args.device)
     except RuntimeError:
         p.error(f"--device: expected a torch device such as cpu, cuda or cuda:1, got {args.device!r}")
+    try:
+        regime_table = regimes_with(args.define_regime)
+    except ValueError as err:
+        p.error(f"--define-regime: {err}")
+    regimes = args.regimes or list(REGIMES)
+    unknown = [r for r in regimes if r not in regime_table]
+    if unknown:
+        p.error(f"--regimes: unknown regime(s) {unknown}; choose from {', '.join(regime_table)} or --define-regime one")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:
@@ -664,11 +752,12 @@ def main(argv=None) -> int:
             args.out,
             families=args.families,
             models=args.models,
-            regimes=args.regimes,
+            regimes=regimes,
             methods=args.methods,
             seeds=args.seeds,
             config=config,
             method_table=table,
+            regime_table=regime_table,
             device=device,
             channels_last=args.channels_last,
             progress=not args.no_report,
@@ -676,7 +765,7 @@ def main(argv=None) -> int:
     if args.no_report:
         return 0
     # the grid the arguments describe (with --report too: pass the grid's arguments to get "n runs of N")
-    total = len(list(grid_runs(args.families, args.models, args.regimes, args.methods, args.seeds)))
+    total = len(list(grid_runs(args.families, args.models, regimes, args.methods, args.seeds)))
     write_report(args.out, figure=args.figure, table=args.table, total=total)
     return 0
 

@@ -294,3 +294,93 @@ def test_runs_train_in_float32_on_every_device(monkeypatch):
     out = G.train_and_evaluate(data, method="standard", config=cfg, channels_last=True)
     assert seen["amp"] is False and seen["tf32"] == (False, False) and seen["channels_last"] is True
     assert 0.0 <= out["metrics"]["accuracy"] <= 1.0
+
+
+def test_parse_regime_reads_every_field_and_defaults_the_optional_ones():
+    from sdecor.experiments.grid import Regime, parse_regime
+
+    assert parse_regime("adam-short=adam,2e-3,128,0,12") == ("adam-short", Regime("adam", 2e-3, 128, 0.0, 12))
+    assert parse_regime(" w = adamw , 0.001 , 64 , 0.05 ") == ("w", Regime("adamw", 1e-3, 64, 0.05, 12))
+    assert parse_regime("s=sgd,0.1,32") == ("s", Regime("sgd", 0.1, 32, 0.0, 12))
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("adam,2e-3,128", "expected NAME=OPTIMIZER"),
+        ("=adam,2e-3,128", "expected NAME=OPTIMIZER"),
+        ("a|b=adam,2e-3,128", "expected NAME=OPTIMIZER"),
+        ("x=adam,2e-3", "3 to 5 values"),
+        ("x=adam,2e-3,128,0,12,7", "3 to 5 values"),
+        ("x=rmsprop,2e-3,128", "optimizer must be one of sgd, adam, adamw"),
+        ("x=adam,fast,128", "lr must be float, got 'fast'"),
+        ("x=adam,0,128", "lr must be > 0"),
+        ("x=adam,1e-3,12.5", "batch_size must be int, got '12.5'"),
+        ("x=adam,1e-3,0", "batch_size must be an integer >= 1"),
+        ("x=adam,1e-3,16,-0.1", "weight_decay must be >= 0"),
+        ("x=adam,1e-3,16,0,0", "epochs must be an integer >= 1"),
+    ],
+)
+def test_parse_regime_names_the_malformed_part(spec, message):
+    from sdecor.experiments.grid import parse_regime
+
+    with pytest.raises(ValueError, match=message.replace("|", r"\|")):
+        parse_regime(spec)
+
+
+def test_regimes_with_adds_to_the_built_in_ones_and_refuses_to_redefine():
+    from sdecor.experiments.grid import REGIMES, Regime, regimes_with
+
+    table = regimes_with(["short=adam,2e-3,128,0,12"])
+    assert list(table) == [*REGIMES, "short"] and table["short"] == Regime("adam", 2e-3, 128, 0.0, 12)
+    assert regimes_with() == REGIMES
+    with pytest.raises(ValueError, match="'adam' is a built-in regime"):
+        regimes_with(["adam=adam,2e-3,128"])
+    with pytest.raises(ValueError, match="'short' is defined twice"):
+        regimes_with(["short=adam,2e-3,128", "short=sgd,0.1,32"])
+
+
+def test_grid_module_runs_a_defined_regime_and_resumes_only_with_its_definition(tmp_path, capsys):
+    from sdecor.experiments.grid import main
+
+    path = str(tmp_path / "g.json")
+    argv = ["--out", path, "--families", "digits-in-clutter", "--models", "small_cnn", "--methods", "standard"]
+    argv += ["--seeds", "0", "--n-train", "48", "--n-test", "32", "--threads", "1", "--no-report"]
+    defined = ["--define-regime", "tiny=adamw,1e-3,16,0.01,1", "--regimes", "tiny"]
+    assert main(argv + defined) == 0
+    with open(path) as f:
+        state = json.load(f)
+    (run,) = state["runs"]
+    assert run["key"] == "digits-in-clutter|small_cnn|tiny|standard|0"
+    assert run["regime_settings"] == {
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "batch_size": 16,
+        "weight_decay": 0.01,
+        "epochs": 1,
+    }
+    assert len(run["history"]) == 1  # the defined regime's one epoch
+    assert set(state["config"]["regimes"]) == {"sgd", "adam", "tiny"}
+    # the same definitions resume (nothing left to run); without them the file is refused
+    assert main(argv + defined) == 0
+    with pytest.raises(ValueError, match="another grid config"):
+        main(argv + ["--regimes", "sgd"])
+    with pytest.raises(SystemExit):
+        main(argv + ["--regimes", "tiny"])
+    assert "--regimes: unknown regime(s) ['tiny']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(argv + ["--define-regime", "tiny=adam,1e-3"])
+    assert "--define-regime: regime 'tiny': expected OPTIMIZER" in capsys.readouterr().err
+
+
+def test_compare_grid_command_checks_defined_regimes(tmp_path, capsys):
+    from sdecor.cli import main
+
+    path = tmp_path / "g.json"
+    with pytest.raises(SystemExit):
+        main(["compare", "--grid", str(path), "--grid-define-regime", "adam=adam,1e-3,16"])
+    assert "--grid-define-regime: regime 'adam' is a built-in regime" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compare", "--grid", str(path), "--grid-regimes", "short"])
+    assert "--grid-regimes: unknown regime(s) ['short']" in capsys.readouterr().err
+    assert not path.exists()
