@@ -684,6 +684,8 @@ CANDIDATES = {
     "sd_ld3": ("saliencydecor", {"lambda_decor": 3.0}),
     # a weight between the default and 1: the shortcut effect of 1 without its slower start?
     "sd_ld03": ("saliencydecor", {"lambda_decor": 0.3}),
+    # the stronger weight on the last conv layer's channels instead of the pooled features
+    "sd_ld1_conv": ("saliencydecor", {"lambda_decor": 1.0, "feature_layer": "conv"}),
 }
 
 #: Every method a grid run can name: the grid's own and the screened candidates (disjoint names).
