@@ -207,9 +207,10 @@ def run_grid_command(args) -> int:
         regime_table = G.regimes_with(args.grid_define_regime)
     except ValueError as err:
         raise ValueError(f"--grid-define-regime: {err}") from None
-    unknown = [r for r in (args.grid_regimes or ()) if r not in regime_table]
-    if unknown:
-        raise ValueError(f"--grid-regimes: unknown regime(s) {unknown}; choose from {', '.join(regime_table)}")
+    try:
+        G.check_regime_names(args.grid_regimes or (), regime_table)
+    except ValueError as err:
+        raise ValueError(f"--grid-regimes: {err} (--grid-define-regime)") from None
     torch.set_num_threads(args.threads or default_threads())
     families = args.grid_families or G.FAMILIES
     models = args.grid_models or G.MODELS

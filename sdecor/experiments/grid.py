@@ -55,6 +55,7 @@ __all__ = [
     "OPTIMIZERS",
     "parse_regime",
     "regimes_with",
+    "check_regime_names",
     "GridConfig",
     "run_key",
     "grid_runs",
@@ -164,6 +165,13 @@ def regimes_with(specs=()) -> dict:
             raise ValueError(f"regime {name!r} is {what}; give the new regime another name")
         table[name] = regime
     return table
+
+
+def check_regime_names(names, table) -> None:
+    """Raise ``ValueError`` listing the ``names`` that are not keys of the regime ``table``."""
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"unknown regime(s) {unknown}; choose from {', '.join(table)} or define one")
 
 
 #: name -> (objective name, options). ``ramp`` in the options is a fraction of the training steps,
@@ -741,9 +749,10 @@ def main(argv=None) -> int:
     except ValueError as err:
         p.error(f"--define-regime: {err}")
     regimes = args.regimes or list(REGIMES)
-    unknown = [r for r in regimes if r not in regime_table]
-    if unknown:
-        p.error(f"--regimes: unknown regime(s) {unknown}; choose from {', '.join(regime_table)} or --define-regime one")
+    try:
+        check_regime_names(regimes, regime_table)
+    except ValueError as err:
+        p.error(f"--regimes: {err} (--define-regime)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.merge:

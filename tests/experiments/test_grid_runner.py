@@ -340,6 +340,15 @@ def test_regimes_with_adds_to_the_built_in_ones_and_refuses_to_redefine():
         regimes_with(["short=adam,2e-3,128", "short=sgd,0.1,32"])
 
 
+def test_check_regime_names_lists_every_unknown_name_and_the_choices():
+    from sdecor.experiments.grid import check_regime_names, regimes_with
+
+    table = regimes_with(["short=adam,2e-3,128"])
+    check_regime_names(["sgd", "short"], table)  # all known: no error
+    with pytest.raises(ValueError, match=r"unknown regime\(s\) \['tiny', 'long'\]; choose from sgd, adam, short"):
+        check_regime_names(["sgd", "tiny", "long"], table)
+
+
 def test_grid_module_runs_a_defined_regime_and_resumes_only_with_its_definition(tmp_path, capsys):
     from sdecor.experiments.grid import main
 
