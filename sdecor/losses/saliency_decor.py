@@ -53,9 +53,10 @@ class SaliencyDecor(SaliencyGuidedTraining):
 
     Args:
         feature_layer: ``None``/``"penultimate"`` (the classifier's input, or the module named by
-            ``model.feature_layer``), ``"conv"`` (``model.conv_feature_layer``) or a module name.
-            Looked up in the model at each call (:func:`sdecor.models.resolve_feature_layer`);
-            the layer is hooked only for the clean forward of the call.
+            ``model.feature_layer``), ``"conv"`` (``model.conv_feature_layer``, else the model's
+            last ``nn.Conv2d``) or a module name. Looked up in the model at each call
+            (:func:`sdecor.models.resolve_feature_layer`); the layer is hooked only for the clean
+            forward of the call.
         lambda_consistency, lambda_decor: weights (>= 0).
         mask_fraction, fill, saliency_abs, masked_bn, generator: as in
             :class:`~sdecor.losses.SaliencyGuidedTraining` (but 50% of the pixels, ranked by

@@ -91,7 +91,9 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
       ``nn.Linear``, else the last ``nn.Linear`` of the model; ``record_input`` is True then and
       ``name`` ends in ``" (input)"``).
     * ``"conv"``: the output of the module named by ``model.conv_feature_layer`` (the last conv
-      feature map of the reference models).
+      feature map of the reference models), else the output of the model's last ``nn.Conv2d``
+      (in registration order). A BatchNorm after it changes no channel correlation over the
+      batch's positions, so the correlation penalty reads the same there as after the norm.
     * any other str: the output of the module of that name (:func:`get_layer`).
     * an ``nn.Module`` that is part of ``model``: its output.
 
@@ -100,16 +102,23 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or ``layer`` is of another type.
-        ValueError: the layer cannot be found (no ``conv_feature_layer`` for ``"conv"``, no
-            ``nn.Linear`` for the default, an unknown name, a module that is not part of the model).
+        ValueError: the layer cannot be found (no ``conv_feature_layer`` or ``nn.Conv2d`` for
+            ``"conv"``, no ``nn.Linear`` for the default, an unknown name, a module that is not part of the model).
     """
     inner = _check_model(model)
     if layer == "conv":
-        layer = getattr(inner, "conv_feature_layer", None)
-        if not isinstance(layer, str):
-            raise ValueError(
-                f"feature_layer='conv' needs model.conv_feature_layer (a module name); {type(inner).__name__} has none"
-            )
+        declared = getattr(inner, "conv_feature_layer", None)
+        if isinstance(declared, str):
+            layer = declared
+        else:
+            convs = [(name, m) for name, m in inner.named_modules() if isinstance(m, nn.Conv2d)]
+            if not convs:
+                raise ValueError(
+                    f"feature_layer='conv' looks for model.conv_feature_layer (a module name) or an nn.Conv2d; "
+                    f"{type(inner).__name__} has neither"
+                )
+            name, module = convs[-1]
+            return module, False, name
     if layer is None or layer == "penultimate":
         named = dict(inner.named_modules())
         declared = getattr(inner, "feature_layer", None)

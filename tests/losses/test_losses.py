@@ -341,6 +341,23 @@ def test_saliency_decor_conv_layer_and_covariance():
     assert torch.allclose(parts["decor"], decorrelation_loss(maps, mode="covariance"), atol=1e-5)
 
 
+def test_saliency_decor_conv_layer_of_a_model_that_declares_none_is_its_last_conv():
+    class Undeclared(TinyCNN):
+        conv_feature_layer = None
+
+    model = Undeclared().train()
+    images, labels = batch(n=8)
+    objective = SaliencyDecor(feature_layer="conv", lambda_decor=1.0)
+    assert resolve_feature_layer(model, "conv")[2] == "conv"
+    _, parts = objective(model, images, labels)
+    raw = model.conv(images)
+    assert torch.allclose(parts["decor"], decorrelation_loss(raw), atol=1e-5)
+    # the train-mode BatchNorm after it (statistics over the same N*H*W positions) leaves the
+    # channel correlations, and so the penalty, as they are (up to its eps)
+    torch.testing.assert_close(decorrelation_loss(model.bn(raw)), decorrelation_loss(raw), rtol=2e-3, atol=0)
+    assert not torch.allclose(decorrelation_loss(model.relu(model.bn(raw))), decorrelation_loss(raw), atol=1e-3)
+
+
 def test_saliency_decor_joint_bn_decorrelates_the_clean_half():
     model = TinyCNN().train()
     images, labels = batch(n=8)

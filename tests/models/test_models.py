@@ -144,8 +144,12 @@ def test_introspection_unwraps_and_finds_layers():
     assert resolve_feature_layer(m, "block2") == (m.block2, False, "block2")
     plain = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
     assert resolve_feature_layer(plain) == (plain[3], True, "3 (input)")
-    with pytest.raises(ValueError, match="conv_feature_layer"):
+    with pytest.raises(ValueError, match="conv_feature_layer.*nn.Conv2d.*has neither"):
         resolve_feature_layer(plain, "conv")
+    # a model that declares no conv layer: its last nn.Conv2d, wrapped or not
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.Flatten())
+    assert resolve_feature_layer(cnn, "conv") == (cnn[2], False, "2")
+    assert resolve_feature_layer(nn.DataParallel(cnn), "conv") == (cnn[2], False, "2")
 
 
 def test_record_features_hooks_only_inside_the_block():
