@@ -11,11 +11,12 @@ under-training shows.
 * :data:`REGIMES`: SGD + Nesterov one-cycle to 0.1 at batch 32 for 12 epochs, and Adam one-cycle
   to 1e-2 at batch 128 for 30 epochs (the kind of regime under which the sweep-chosen SaliencyDecor
   defaults lost accuracy; at 2e-3, or in 12 epochs, Adam does not fit the training set);
-* :data:`GRID_METHODS`: cross-entropy, our SCAAT reading, SaliencyDecor with its library defaults,
-  the same without decorrelation (``lambda_decor=0``) and with a stronger one (1.0), and two
-  settings under test: ``masked_bn="frozen"`` (the masked batch does not touch BatchNorm's
-  running statistics) and a gentle adversarial fill (one signed-gradient step of 0.05 of the
-  image's range); :data:`CANDIDATES` are the other settings screened.
+* :data:`GRID_METHODS`: cross-entropy, our SCAAT reading, SaliencyDecor with the design sweep's
+  defaults (:data:`SWEEP_DEFAULTS`, the library defaults the grid was begun with), the same
+  without decorrelation (``lambda_decor=0``) and with a stronger one (1.0), and two settings
+  under test: ``masked_bn="frozen"`` (the masked batch does not touch BatchNorm's running
+  statistics) and a gentle adversarial fill (one signed-gradient step of 0.05 of the image's
+  range); :data:`CANDIDATES` are the other settings screened.
 
 :func:`run_grid` appends every finished run to a JSON file at once (written to a temporary file
 and renamed, so an interrupted grid leaves a valid file); a rerun skips the runs already there,
@@ -56,6 +57,7 @@ __all__ = [
     "parse_regime",
     "regimes_with",
     "check_regime_names",
+    "SWEEP_DEFAULTS",
     "GridConfig",
     "run_key",
     "grid_runs",
@@ -174,18 +176,38 @@ def check_regime_names(names, table) -> None:
         raise ValueError(f"unknown regime(s) {unknown}; choose from {', '.join(table)} or define one")
 
 
+#: The SaliencyDecor options every SaliencyDecor setting of the grid starts from: the design
+#: sweep's choice, the library defaults the grid was begun with, stated in full so that a setting
+#: keeps its meaning (and its recorded runs stay comparable) when the library defaults change.
+SWEEP_DEFAULTS = {
+    "lambda_consistency": 3.0,
+    "lambda_decor": 0.1,
+    "mask_fraction": 0.5,
+    "saliency_abs": True,
+    "fill": "uniform",
+    "decor_mode": "correlation",
+    "masked_bn": "train",
+    "feature_layer": None,
+}
+
+
+def _saliency_decor(**changes) -> tuple:
+    """``("saliencydecor", options)``: :data:`SWEEP_DEFAULTS` with ``changes``."""
+    return ("saliencydecor", {**SWEEP_DEFAULTS, **changes})
+
+
 #: name -> (objective name, options). ``ramp`` in the options is a fraction of the training steps,
 #: resolved to the objective's ``consistency_ramp_steps`` for the run's length.
 GRID_METHODS = {
     "standard": ("standard", {}),
     "scaat": ("scaat", {}),
-    "saliencydecor": ("saliencydecor", {}),
-    "sd_ld0": ("saliencydecor", {"lambda_decor": 0.0}),
-    "sd_ld1": ("saliencydecor", {"lambda_decor": 1.0}),
+    "saliencydecor": _saliency_decor(),
+    "sd_ld0": _saliency_decor(lambda_decor=0.0),
+    "sd_ld1": _saliency_decor(lambda_decor=1.0),
     # the robust candidate the Adam screen chose: the masked batch leaves BatchNorm's running statistics alone
-    "sd_bn_frozen": ("saliencydecor", {"masked_bn": "frozen"}),
+    "sd_bn_frozen": _saliency_decor(masked_bn="frozen"),
     # the candidate the adversarial-fill screens chose: one signed-gradient step of 0.05 of the range
-    "sd_adv1_05": ("saliencydecor", {"adversarial_steps": 1, "adversarial_step_size": 0.05}),
+    "sd_adv1_05": _saliency_decor(adversarial_steps=1, adversarial_step_size=0.05),
 }
 
 
@@ -530,7 +552,7 @@ def _fmt(stats: dict | None, signed: bool = False) -> str:
     return f"{stats['mean']:+.3f} ± {stats['std']:.3f}" if signed else f"{stats['mean']:.3f} ± {stats['std']:.3f}"
 
 
-#: The decorrelation question: SaliencyDecor's defaults with lambda_decor 0, 0.1 (default) and 1.
+#: The decorrelation question: SaliencyDecor's sweep defaults with lambda_decor 0, 0.1 (theirs) and 1.
 DECORRELATION_METHODS = ("sd_ld0", "saliencydecor", "sd_ld1")
 
 
@@ -674,26 +696,26 @@ def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str
 
 #: Candidate robust SaliencyDecor settings, screened on the worst cell before joining the grid.
 CANDIDATES = {
-    "sd_bn_eval": ("saliencydecor", {"masked_bn": "eval"}),
-    "sd_bn_joint": ("saliencydecor", {"masked_bn": "joint"}),
-    "sd_ramp": ("saliencydecor", {"ramp": 0.3}),
-    "sd_detach": ("saliencydecor", {"detach_target": True}),
-    "sd_m25": ("saliencydecor", {"mask_fraction": 0.25}),
-    "sd_lc1": ("saliencydecor", {"lambda_consistency": 1.0}),
-    "sd_fill_mean": ("saliencydecor", {"fill": "mean"}),
+    "sd_bn_eval": _saliency_decor(masked_bn="eval"),
+    "sd_bn_joint": _saliency_decor(masked_bn="joint"),
+    "sd_ramp": _saliency_decor(ramp=0.3),
+    "sd_detach": _saliency_decor(detach_target=True),
+    "sd_m25": _saliency_decor(mask_fraction=0.25),
+    "sd_lc1": _saliency_decor(lambda_consistency=1.0),
+    "sd_fill_mean": _saliency_decor(fill="mean"),
     # the fill moved adversarially within the image's range (two steps of 0.25 of the range)
-    "sd_adv": ("saliencydecor", {"adversarial_steps": 2}),
-    "sd_adv_ld0": ("saliencydecor", {"adversarial_steps": 2, "lambda_decor": 0.0}),
+    "sd_adv": _saliency_decor(adversarial_steps=2),
+    "sd_adv_ld0": _saliency_decor(adversarial_steps=2, lambda_decor=0.0),
     # gentler adversarial fills: one step of 0.1 of the range, or two steps on a quarter of the pixels
-    "sd_adv1_10": ("saliencydecor", {"adversarial_steps": 1, "adversarial_step_size": 0.1}),
-    "sd_adv_m25": ("saliencydecor", {"adversarial_steps": 2, "mask_fraction": 0.25}),
+    "sd_adv1_10": _saliency_decor(adversarial_steps=1, adversarial_step_size=0.1),
+    "sd_adv_m25": _saliency_decor(adversarial_steps=2, mask_fraction=0.25),
     # the decorrelation term alone at the stronger weight (no consistency term), and a stronger one still
-    "sd_lc0_ld1": ("saliencydecor", {"lambda_consistency": 0.0, "lambda_decor": 1.0}),
-    "sd_ld3": ("saliencydecor", {"lambda_decor": 3.0}),
+    "sd_lc0_ld1": _saliency_decor(lambda_consistency=0.0, lambda_decor=1.0),
+    "sd_ld3": _saliency_decor(lambda_decor=3.0),
     # a weight between the default and 1: the shortcut effect of 1 without its slower start?
-    "sd_ld03": ("saliencydecor", {"lambda_decor": 0.3}),
+    "sd_ld03": _saliency_decor(lambda_decor=0.3),
     # the stronger weight on the last conv layer's channels instead of the pooled features
-    "sd_ld1_conv": ("saliencydecor", {"lambda_decor": 1.0, "feature_layer": "conv"}),
+    "sd_ld1_conv": _saliency_decor(lambda_decor=1.0, feature_layer="conv"),
 }
 
 #: Every method a grid run can name: the grid's own and the screened candidates (disjoint names).

@@ -124,6 +124,20 @@ def test_every_grid_method_builds_its_objective_with_the_options_it_names(name):
         assert getattr(objective, option) == value, (name, option)
 
 
+def test_saliency_decor_settings_state_every_default_so_they_outlive_a_change_of_the_defaults():
+    from sdecor.experiments.grid import SWEEP_DEFAULTS
+    from sdecor.losses.saliency_decor import DEFAULTS
+
+    assert set(SWEEP_DEFAULTS) == set(DEFAULTS)
+    assert SWEEP_DEFAULTS["lambda_decor"] == 0.1 and SWEEP_DEFAULTS["feature_layer"] is None
+    settings = {name: options for name, (objective, options) in ALL_METHODS.items() if objective == "saliencydecor"}
+    assert {"saliencydecor", "sd_ld0", "sd_ld1", "sd_ld1_conv"} <= set(settings)
+    for name, options in settings.items():
+        assert set(SWEEP_DEFAULTS) <= set(options), name
+    assert settings["saliencydecor"] == SWEEP_DEFAULTS
+    assert settings["sd_ld1_conv"] == {**SWEEP_DEFAULTS, "lambda_decor": 1.0, "feature_layer": "conv"}
+
+
 def test_all_methods_is_the_grid_methods_and_the_candidates_with_no_name_shared():
     assert not set(GRID_METHODS) & set(CANDIDATES)
     assert ALL_METHODS == {**GRID_METHODS, **CANDIDATES}
