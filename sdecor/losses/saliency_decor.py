@@ -33,8 +33,8 @@ from .sgt import SaliencyGuidedTraining
 
 __all__ = ["SaliencyDecor", "DEFAULT_LAMBDA_DECOR", "DEFAULTS"]
 
-#: Default decorrelation weight (see docs/experiments.md for the sweep it comes from).
-DEFAULT_LAMBDA_DECOR = 0.1
+#: Default decorrelation weight (on the last conv layer's channels; docs/grid.md section 4).
+DEFAULT_LAMBDA_DECOR = 1.0
 #: The other defaults the sweep chose (the paper leaves them open).
 DEFAULTS = {
     "lambda_consistency": 3.0,
@@ -44,7 +44,7 @@ DEFAULTS = {
     "fill": "uniform",
     "decor_mode": "correlation",
     "masked_bn": "train",
-    "feature_layer": None,
+    "feature_layer": "conv",
 }
 
 
@@ -79,7 +79,7 @@ class SaliencyDecor(SaliencyGuidedTraining):
 
     def __init__(
         self,
-        feature_layer: str | None = None,
+        feature_layer: str | None = "conv",
         lambda_consistency: float = 3.0,
         lambda_decor: float = DEFAULT_LAMBDA_DECOR,
         mask_fraction: float = 0.5,

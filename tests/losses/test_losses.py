@@ -314,7 +314,7 @@ def test_saliency_decor_parts_by_hand(model_cls):
     inner = model_cls()
     model = Recorder(inner).train()
     images, labels = batch(n=8)
-    objective = SaliencyDecor(lambda_consistency=0.7, lambda_decor=0.3)
+    objective = SaliencyDecor(feature_layer="penultimate", lambda_consistency=0.7, lambda_decor=0.3)
     loss, parts = objective(model, images, labels)
     assert hook_count(model) == 0  # nothing kept between steps: the hook lived during the call only
     assert set(parts) == {"ce", "consistency", "decor", "total", "logits"}
@@ -361,7 +361,7 @@ def test_saliency_decor_conv_layer_of_a_model_that_declares_none_is_its_last_con
 def test_saliency_decor_joint_bn_decorrelates_the_clean_half():
     model = TinyCNN().train()
     images, labels = batch(n=8)
-    objective = SaliencyDecor(masked_bn="joint", lambda_decor=1.0)
+    objective = SaliencyDecor(feature_layer="penultimate", masked_bn="joint", lambda_decor=1.0)
     hooked = []
     handle = model.pool.register_forward_hook(lambda m, a, out: hooked.append(out.detach()))
     _, parts = objective(model, images, labels)
@@ -374,7 +374,7 @@ def test_saliency_decor_joint_bn_decorrelates_the_clean_half():
 def test_saliency_decor_reads_the_model_it_is_called_with():
     model, other = TinyCNN(), TinyCNN()
     images, labels = batch(n=8)
-    objective = SaliencyDecor(lambda_decor=1.0)
+    objective = SaliencyDecor(feature_layer="penultimate", lambda_decor=1.0)
     for net in (model, other, model):  # one objective, any model, in any order
         _, parts = objective(net, images, labels)
         assert torch.allclose(parts["decor"], decorrelation_loss(net.features(images)), atol=1e-5)
@@ -493,16 +493,26 @@ def test_build_objective_and_bad_arguments():
         Standard()(model, images, labels.float())
 
 
-def test_saliency_decor_defaults_are_the_sweep_choice():
-    """The defaults are the setting the design sweep chose (docs/experiments.md)."""
+def test_saliency_decor_defaults_are_the_grid_choice():
+    """The defaults are the grid's ``sd_ld1_conv`` setting: the design sweep's choice
+    (docs/experiments.md) with the decorrelation at weight 1 on the last conv layer (docs/grid.md)."""
+    from sdecor.experiments.grid import ALL_METHODS
     from sdecor.experiments.sweep import SETTINGS
     from sdecor.losses.saliency_decor import DEFAULTS
 
-    method, options = SETTINGS["sd_m50_abs_lc3"]
-    assert method == "saliencydecor" and options == DEFAULTS
+    method, sweep = SETTINGS["sd_m50_abs_lc3"]
+    assert method == "saliencydecor"
+    assert DEFAULTS == {**sweep, "lambda_decor": 1.0, "feature_layer": "conv"}
+    assert ALL_METHODS["sd_ld1_conv"] == ("saliencydecor", DEFAULTS)
     objective = SaliencyDecor()
     for name, value in DEFAULTS.items():
         assert getattr(objective, name) == value
+    # by default the penalty reads the declared conv feature map's channels
+    model = TinyCNN().train()
+    images, labels = batch(n=8)
+    _, parts = objective(model, images, labels)
+    maps = model.relu(model.bn(model.conv(images)))
+    assert torch.allclose(parts["decor"], decorrelation_loss(maps), atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- construction and hooks

@@ -49,7 +49,9 @@ def test_ramp_weight_at_step_t_and_the_loss_by_hand():
     model = Recorder(inner).train()
     images, labels = _batch()
     if True:
-        obj = SaliencyDecor(lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0)
+        obj = SaliencyDecor(
+            feature_layer="penultimate", lambda_consistency=2.0, lambda_decor=0.3, consistency_ramp_steps=4, fill=0.0
+        )
         for t in range(6):
             expected_w = 2.0 * min(1.0, t / 4)
             assert obj.consistency_weight() == pytest.approx(expected_w)
