@@ -7,8 +7,8 @@ One group: ResNet-20 (:func:`sdecor.models.resnet20`, 10 classes) on random 3 x 
   objective: forward, cross-entropy, ``zero_grad``, backward, ``SGD.step`` (lr 0.01, momentum 0.9);
 * ``saliencydecor``: the same step with :class:`sdecor.losses.SaliencyDecor` at its default
   options (input saliency from one eval-mode forward + input backward, ``mask_features`` of the
-  50% least salient pixels, the clean and the masked forward, decorrelation of the pooled
-  penultimate features, one backward through all of it);
+  50% least salient pixels, the clean and the masked forward, decorrelation of the default
+  feature layer's output (the last conv feature map's channels), one backward through all of it);
 * the pieces of that step, each timed alone on the shapes and dtypes it sees inside the step, so
   their share of ``saliencydecor`` can be read off one table:
 

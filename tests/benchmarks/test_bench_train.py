@@ -33,7 +33,7 @@ def test_quick_run_times_every_implementation(quick_run):
         "image": "3x32x32",
         "B": train.QUICK_BATCH,
         "amp": "off",
-        "features": f"{train.QUICK_BATCH}x64 fp32",
+        "features": f"{train.QUICK_BATCH}x64x8x8 fp32",
         "saliency": "1x32x32",
     }
     impls = record["impls"]
@@ -50,7 +50,7 @@ def test_quick_run_times_every_implementation(quick_run):
 
 def test_run_honours_the_batch_and_each_impl_runs():
     (group,) = train.run(torch.device("cpu"), quick=True, batch=4)
-    assert group.params["B"] == 4 and group.params["features"] == "4x64 fp32"
+    assert group.params["B"] == 4 and group.params["features"] == "4x64x8x8 fp32"
     assert [impl.name for impl in group.impls] == NAMES
     for impl in group.impls:
         impl.fn()
