@@ -60,7 +60,8 @@ def _methods(text: str) -> tuple:
 
 
 def _option(text: str) -> tuple:
-    """``METHOD.NAME=VALUE`` (VALUE read as JSON when it parses, else as a string)."""
+    """``METHOD.NAME=VALUE`` (VALUE read as JSON when it parses, ``None``/``True``/``False`` as
+    Python's, else as a string)."""
     from ..losses import OBJECTIVES
 
     key, sep, raw = text.partition("=")
@@ -72,10 +73,11 @@ def _option(text: str) -> tuple:
         )
     if method not in OBJECTIVES:
         raise argparse.ArgumentTypeError(f"unknown method {method!r} in {text!r}; choose from {','.join(OBJECTIVES)}")
+    python_constants = {"None": None, "True": True, "False": False}
     try:
         value = json.loads(raw)
     except ValueError:
-        value = raw
+        value = python_constants.get(raw.strip(), raw)
     return method, name.strip(), value
 
 

@@ -63,6 +63,17 @@ def test_compare_one_epoch_end_to_end(tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
+def test_compare_option_values_read_as_json_python_constants_or_text():
+    from sdecor.commands.compare import _option
+
+    assert _option("saliencydecor.lambda_decor=0.5") == ("saliencydecor", "lambda_decor", 0.5)
+    assert _option("saliencydecor.feature_layer=None") == ("saliencydecor", "feature_layer", None)
+    assert _option("saliencydecor.feature_layer=null") == ("saliencydecor", "feature_layer", None)
+    assert _option("SGT.saliency_abs=True") == ("sgt", "saliency_abs", True)
+    assert _option("saliencydecor.detach_target=false") == ("saliencydecor", "detach_target", False)
+    assert _option("saliencydecor.feature_layer=block4") == ("saliencydecor", "feature_layer", "block4")
+
+
 def test_compare_options_reach_the_objective(tmp_path):
     proc = _cli(
         *TINY,
