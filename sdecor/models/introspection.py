@@ -115,7 +115,8 @@ def resolve_feature_layer(model: nn.Module, layer=None) -> tuple[nn.Module, bool
             if not convs:
                 raise ValueError(
                     f"feature_layer='conv' looks for model.conv_feature_layer (a module name) or an nn.Conv2d; "
-                    f"{type(inner).__name__} has neither"
+                    f"{type(inner).__name__} has neither: pass feature_layer=None (the classifier's input) "
+                    "or a module name"
                 )
             name, module = convs[-1]
             return module, False, name

@@ -356,6 +356,13 @@ def test_saliency_decor_conv_layer_of_a_model_that_declares_none_is_its_last_con
     # channel correlations, and so the penalty, as they are (up to its eps)
     torch.testing.assert_close(decorrelation_loss(model.bn(raw)), decorrelation_loss(raw), rtol=2e-3, atol=0)
     assert not torch.allclose(decorrelation_loss(model.relu(model.bn(raw))), decorrelation_loss(raw), atol=1e-3)
+    # a model with no conv layer: the default objective says what to pass instead
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(2 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 3))
+    with pytest.raises(ValueError, match=r"has neither: pass feature_layer=None"):
+        SaliencyDecor()(mlp, images, labels)
+    assert hook_count(mlp) == 0
+    loss, _ = SaliencyDecor(feature_layer=None)(mlp, images, labels)
+    assert torch.isfinite(loss)
 
 
 def test_saliency_decor_joint_bn_decorrelates_the_clean_half():
