@@ -21,7 +21,7 @@ parameter:
   resnet20 x SGD and Adam, 3 seeds, by the worst cell): weight 1 on the last conv layer's
   channels, which kept resnet20 off a colour shortcut where the sweep's weight 0.1 on the pooled
   features did not, without the slow start weight 1 has on the pooled features under a short
-  training budget; it lowers relevance mass accuracy by at most 0.021 against the sweep's setting
+  training budget; it lowers relevance mass accuracy by at most 0.020 against the sweep's setting
   where the object decides the class. ``feature_layer=None, lambda_decor=0.1`` is the sweep's
   setting.
 """
