@@ -46,6 +46,7 @@ from ..losses import build_objective
 from ..models import build_model
 from ..train import evaluate_accuracy, fit, set_seed
 from .runner import METRICS, EvalConfig, evaluate, load_data
+from .sweep import SETTINGS as SWEEP_SETTINGS
 
 __all__ = [
     "FAMILIES",
@@ -178,18 +179,10 @@ def check_regime_names(names, table) -> None:
 
 
 #: The SaliencyDecor options every SaliencyDecor setting of the grid starts from: the design
-#: sweep's choice, the library defaults the grid was begun with, stated in full so that a setting
-#: keeps its meaning (and its recorded runs stay comparable) when the library defaults change.
-SWEEP_DEFAULTS = {
-    "lambda_consistency": 3.0,
-    "lambda_decor": 0.1,
-    "mask_fraction": 0.5,
-    "saliency_abs": True,
-    "fill": "uniform",
-    "decor_mode": "correlation",
-    "masked_bn": "train",
-    "feature_layer": None,
-}
+#: sweep's choice (:data:`sdecor.experiments.sweep.SETTINGS` ``"sd_m50_abs_lc3"``), the library
+#: defaults the grid was begun with, stated in full so that a setting keeps its meaning (and its
+#: recorded runs stay comparable) when the library defaults change.
+SWEEP_DEFAULTS = dict(SWEEP_SETTINGS["sd_m50_abs_lc3"][1])
 
 
 def _saliency_decor(**changes) -> tuple:
@@ -716,6 +709,8 @@ CANDIDATES = {
     # the decorrelation term alone at the stronger weight (no consistency term), and a stronger one still
     "sd_lc0_ld1": _saliency_decor(lambda_consistency=0.0, lambda_decor=1.0),
     "sd_ld3": _saliency_decor(lambda_decor=3.0),
+    # the library default's layer (the last conv feature map) at the stronger weight
+    "sd_ld3_conv": _saliency_decor(lambda_decor=3.0, feature_layer="conv"),
     # a weight between the default and 1: the shortcut effect of 1 without its slower start?
     "sd_ld03": _saliency_decor(lambda_decor=0.3),
 }

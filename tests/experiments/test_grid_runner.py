@@ -129,7 +129,16 @@ def test_saliency_decor_settings_state_every_default_so_they_outlive_a_change_of
     from sdecor.losses.saliency_decor import DEFAULTS
 
     assert set(SWEEP_DEFAULTS) == set(DEFAULTS)
-    assert SWEEP_DEFAULTS["lambda_decor"] == 0.1 and SWEEP_DEFAULTS["feature_layer"] is None
+    assert SWEEP_DEFAULTS == {
+        "lambda_consistency": 3.0,
+        "lambda_decor": 0.1,
+        "mask_fraction": 0.5,
+        "saliency_abs": True,
+        "fill": "uniform",
+        "decor_mode": "correlation",
+        "masked_bn": "train",
+        "feature_layer": None,
+    }
     settings = {name: options for name, (objective, options) in ALL_METHODS.items() if objective == "saliencydecor"}
     assert {"saliencydecor", "sd_ld0", "sd_ld1", "sd_ld1_conv"} <= set(settings)
     for name, options in settings.items():
