@@ -549,8 +549,8 @@ def _fmt(stats: dict | None, signed: bool = False) -> str:
 
 
 #: The decorrelation question: SaliencyDecor's sweep defaults with lambda_decor 0, 0.1 (theirs) and 1 on
-#: the pooled features, and 1 on the last conv layer (the library defaults).
-DECORRELATION_METHODS = ("sd_ld0", "saliencydecor", "sd_ld1", "sd_ld1_conv")
+#: the pooled features, and 1 (the library defaults) and 3 on the last conv layer.
+DECORRELATION_METHODS = ("sd_ld0", "saliencydecor", "sd_ld1", "sd_ld1_conv", "sd_ld3_conv")
 
 
 def grid_table(
@@ -837,8 +837,8 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     dec = {c: rows for c, rows in summary.items() if sum(m in rows for m in DECORRELATION_METHODS) >= 2}
     if dec:
         text += (
-            "\nDecorrelation weight (lambda_decor 0 / 0.1 = sweep default / 1 on the pooled features, and 1 on "
-            "the last conv layer = library default), cells with at least two of them:\n\n"
+            "\nDecorrelation weight (lambda_decor 0 / 0.1 = sweep default / 1 on the pooled features, and 1 = "
+            "library default / 3 on the last conv layer), cells with at least two of them:\n\n"
         )
         text += grid_table(dec, methods=DECORRELATION_METHODS) + "\n"
     with open(table or stem + ".md", "w") as f:
