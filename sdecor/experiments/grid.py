@@ -660,9 +660,10 @@ def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str
     methods = [m for m in dict.fromkeys(m for c in cells for m in summary[c]) if m != baseline]
     fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.1 * len(cells) * max(1, len(methods)) / 3), 7), squeeze=False)
     width = 0.8 / max(1, len(methods))
+    against = ("cross-entropy", "CE") if baseline == "standard" else (baseline, baseline)
     for ax, metric, label in (
-        (axes[0][0], "accuracy", "Δ accuracy vs cross-entropy"),
-        (axes[1][0], "relevance_mass_accuracy", "Δ relevance mass accuracy vs CE"),
+        (axes[0][0], "accuracy", f"Δ accuracy vs {against[0]}"),
+        (axes[1][0], "relevance_mass_accuracy", f"Δ relevance mass accuracy vs {against[1]}"),
     ):
         for j, method in enumerate(methods):
             xs, ys, es = [], [], []
@@ -758,6 +759,12 @@ def main(argv=None) -> int:
     p.add_argument("--merge", nargs="+", default=None, metavar="FILE", help="first merge these grid files into OUT")
     p.add_argument("--figure", default=None, help="figure path (default: OUT with .png)")
     p.add_argument("--table", default=None, help="Markdown table path (default: OUT with .md)")
+    p.add_argument(
+        "--baseline",
+        default="standard",
+        metavar="METHOD",
+        help="the report's changes are paired against this method (default: standard, cross-entropy)",
+    )
     args = p.parse_args(argv)
     try:
         device = torch.device(args.device)
@@ -794,9 +801,15 @@ def main(argv=None) -> int:
         )
     if args.no_report:
         return 0
-    # the grid the arguments describe (with --report too: pass the grid's arguments to get "n runs of N")
-    total = len(list(grid_runs(args.families, args.models, regimes, args.methods, args.seeds)))
-    write_report(args.out, figure=args.figure, table=args.table, total=total)
+    # "n runs of N": N counts the grid the arguments describe (with --report too: pass the grid's
+    # arguments), and only when every run in the file belongs to it (a file of other runs: "n runs")
+    described = {run_key(*spec) for spec in grid_runs(args.families, args.models, regimes, args.methods, args.seeds)}
+    in_grid = all(r["key"] in described for r in load_records(args.out)["runs"])
+    total = len(described) if in_grid else None
+    try:
+        write_report(args.out, figure=args.figure, table=args.table, total=total, baseline=args.baseline)
+    except ValueError as err:
+        p.error(f"--baseline: {err}")
     return 0
 
 
@@ -811,11 +824,25 @@ def device_counts(records: list[dict]) -> dict:
     return counts
 
 
-def write_report(path: str, figure: str | None = None, table: str | None = None, total: int | None = None) -> dict:
-    """Summary table (Markdown) and figure from the grid file ``path``; returns the summary."""
+def write_report(
+    path: str,
+    figure: str | None = None,
+    table: str | None = None,
+    total: int | None = None,
+    baseline: str = "standard",
+) -> dict:
+    """Summary table (Markdown) and figure from the grid file ``path``; returns the summary.
+
+    Changes are paired per seed against ``baseline`` (a method name; cross-entropy, ``"standard"``,
+    by default). Raises ``ValueError`` when the file has runs but none of ``baseline``.
+    """
     state = load_records(path)
     runs = state["runs"]
-    summary = grid_summary(runs)
+    if runs and not any(r["method"] == baseline for r in runs):
+        methods = sorted({r["method"] for r in runs})
+        raise ValueError(f"baseline {baseline!r} has no runs in {path}; its methods are {methods}")
+    summary = grid_summary(runs, baseline=baseline)
+    against = "cross-entropy" if baseline == "standard" else f"`{baseline}`"
     stem = os.path.splitext(path)[0]
     note = f"{len(runs)} runs" + (f" of {total}" if total else "")
     text = f"Grid results from `{os.path.basename(path)}` ({note}; config {json.dumps(state['config'])}).\n\n"
@@ -826,13 +853,14 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
             for cell, c in off_cpu.items()
         )
         text += f"Cells with runs not on the CPU: {where}.\n\n"
+    text += f"Δ: paired change against {against}.\n\n" if baseline != "standard" else ""
     text += grid_table(summary) + "\n"
     for metric in ("accuracy", "relevance_mass_accuracy"):
-        text += f"\nPer cell, cross-entropy's {metric} and each method's paired change against it:\n\n"
-        text += delta_table(summary, metric) + "\n"
-    ranking = method_ranking(summary)
+        text += f"\nPer cell, {against}'s {metric} and each method's paired change against it:\n\n"
+        text += delta_table(summary, metric, baseline=baseline) + "\n"
+    ranking = method_ranking(summary, baseline=baseline)
     if ranking:
-        text += "\nPer method across the cells (paired changes against cross-entropy; RMA: relevance mass acc.):\n\n"
+        text += f"\nPer method across the cells (paired changes against {against}; RMA: relevance mass acc.):\n\n"
         text += ranking_table(ranking) + "\n"
     dec = {c: rows for c, rows in summary.items() if sum(m in rows for m in DECORRELATION_METHODS) >= 2}
     if dec:
@@ -844,7 +872,7 @@ def write_report(path: str, figure: str | None = None, table: str | None = None,
     with open(table or stem + ".md", "w") as f:
         f.write(text)
     if runs:
-        grid_figure(summary, figure or stem + ".png", title=note)
+        grid_figure(summary, figure or stem + ".png", baseline=baseline, title=note)
     print(text)
     return summary
 

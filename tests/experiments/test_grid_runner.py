@@ -216,6 +216,31 @@ def test_report_names_the_cells_with_runs_off_the_cpu(tmp_path):
     assert "not on the CPU" not in (tmp_path / "g.md").read_text()
 
 
+def test_report_pairs_against_the_baseline_it_is_given(tmp_path, capsys):
+    from sdecor.experiments.grid import main, write_report
+
+    records = [_record("f", "standard", 0, 0.9, 0.3), _record("f", "sd", 0, 0.8, 0.4), _record("f", "sd3", 0, 0.7, 0.5)]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    summary = write_report(str(path), baseline="sd")
+    assert summary["f|m|r"]["sd3"]["delta_accuracy"]["mean"] == pytest.approx(-0.1)
+    assert summary["f|m|r"]["standard"]["delta_relevance_mass_accuracy"]["mean"] == pytest.approx(-0.1)
+    text = (tmp_path / "g.md").read_text()
+    assert "Per cell, `sd`'s accuracy and each method's paired change against it:" in text
+    assert "| f / m / r | 0.800 | +0.100 | -0.100 |" in text  # sd's accuracy, then standard's and sd3's changes
+    with pytest.raises(ValueError, match="baseline 'ce' has no runs in .*'sd', 'sd3', 'standard'"):
+        write_report(str(path), baseline="ce")
+    for r in records:
+        r["key"] = f"{r['family']}|m|r|{r['method']}|0"
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    with pytest.raises(SystemExit):
+        main(["--out", str(path), "--report", "--baseline", "ce"])
+    assert "--baseline: baseline 'ce' has no runs" in capsys.readouterr().err
+    assert main(["--out", str(path), "--report", "--baseline", "sd"]) == 0
+    # runs outside the grid the arguments describe: the report counts the file's runs, not "of 288"
+    assert "from `g.json` (3 runs; config" in (tmp_path / "g.md").read_text()
+
+
 def test_merge_records(tmp_path):
     from sdecor.experiments.grid import load_records, merge_records
 
