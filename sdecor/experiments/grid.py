@@ -45,7 +45,7 @@ import torch
 from ..losses import build_objective
 from ..models import build_model
 from ..train import evaluate_accuracy, fit, set_seed
-from .runner import METRICS, EvalConfig, evaluate, load_data
+from .runner import METRICS, SCORE_DIRECTIONS, EvalConfig, evaluate, load_data
 from .sweep import SETTINGS as SWEEP_SETTINGS
 
 __all__ = [
@@ -73,6 +73,8 @@ __all__ = [
     "grid_figure",
     "method_ranking",
     "ranking_table",
+    "scores_table",
+    "LIBRARY_DEFAULTS_METHOD",
     "delta_table",
     "device_counts",
     "float32_math",
@@ -205,6 +207,8 @@ GRID_METHODS = {
     # the stronger weight on the last conv layer's channels: the library defaults the grid chose
     "sd_ld1_conv": _saliency_decor(lambda_decor=1.0, feature_layer="conv"),
 }
+#: The grid method whose options are ``SaliencyDecor()``'s defaults (a test holds them equal).
+LIBRARY_DEFAULTS_METHOD = "sd_ld1_conv"
 
 
 @dataclass
@@ -649,6 +653,46 @@ def ranking_table(ranking: dict, guard: float = ACCURACY_GUARD) -> str:
     return "\n".join(lines)
 
 
+def scores_table(summary: dict, method: str, baseline: str = "standard", metrics=SUMMARY_METRICS) -> str:
+    """A Markdown table of one method against ``baseline`` in every score, a row per cell.
+
+    Each row: the cell, n (the seeds both ran), then ``method``'s per-seed paired change against
+    ``baseline`` in each of ``metrics`` (mean ± std). The header marks each score's better
+    direction (↑ higher, ↓ lower; none for ``train_accuracy``, a diagnostic of under-training); a
+    last row counts, per score with a direction, the cells whose mean change is for the better
+    and, in brackets, those where it is so by more than the std of the paired changes.
+
+    Raises:
+        ValueError: no cell of ``summary`` has paired runs of ``method`` and ``baseline``.
+    """
+    arrows = {"higher": " ↑", "lower": " ↓"}
+    rows = [
+        (cell, runs[method])
+        for cell, runs in summary.items()
+        if method in runs and (runs[method].get("delta_accuracy") or {}).get("n")
+    ]
+    if not rows:
+        raise ValueError(f"no cell has paired runs of method {method!r} and baseline {baseline!r}")
+    head = ["cell", "n"] + [f"Δ {m}{arrows.get(SCORE_DIRECTIONS.get(m), '')}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cell, row in rows:
+        cells = [cell.replace("|", " / "), str(row["delta_accuracy"]["n"])]
+        lines.append("| " + " | ".join(cells + [_fmt(row.get(f"delta_{m}"), signed=True) for m in metrics]) + " |")
+    counts = []
+    for m in metrics:
+        direction = SCORE_DIRECTIONS.get(m)
+        deltas = [row[f"delta_{m}"] for _, row in rows if row.get(f"delta_{m}")]
+        if direction is None or not deltas:
+            counts.append("")
+            continue
+        sign = 1.0 if direction == "higher" else -1.0
+        better = sum(sign * d["mean"] > 0 for d in deltas)
+        clearly = sum(sign * d["mean"] > d["std"] for d in deltas)
+        counts.append(f"{better} of {len(deltas)} ({clearly})")
+    lines.append("| better in | | " + " | ".join(counts) + " |")
+    return "\n".join(lines)
+
+
 def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str | None = None) -> str:
     """Per cell (x axis), each method's change against ``baseline`` in accuracy (top) and relevance
     mass accuracy (bottom): mean over seeds, error bars the std of the paired differences. Returns
@@ -862,6 +906,13 @@ def write_report(
     if ranking:
         text += f"\nPer method across the cells (paired changes against {against}; RMA: relevance mass acc.):\n\n"
         text += ranking_table(ranking) + "\n"
+    if LIBRARY_DEFAULTS_METHOD != baseline and any(r["method"] == LIBRARY_DEFAULTS_METHOD for r in runs):
+        text += (
+            f"\nThe library defaults (`{LIBRARY_DEFAULTS_METHOD}`) in every score, paired changes against {against} "
+            "(↑ / ↓: higher / lower is better; last row: cells where the change is for the better, in brackets by "
+            "more than one std):\n\n"
+        )
+        text += scores_table(summary, LIBRARY_DEFAULTS_METHOD, baseline=baseline) + "\n"
     dec = {c: rows for c, rows in summary.items() if sum(m in rows for m in DECORRELATION_METHODS) >= 2}
     if dec:
         text += (

@@ -147,6 +147,13 @@ def test_saliency_decor_settings_state_every_default_so_they_outlive_a_change_of
     assert settings["sd_ld1_conv"] == {**SWEEP_DEFAULTS, "lambda_decor": 1.0, "feature_layer": "conv"}
 
 
+def test_the_library_defaults_method_is_saliency_decor_with_its_defaults():
+    from sdecor.experiments.grid import LIBRARY_DEFAULTS_METHOD
+    from sdecor.losses.saliency_decor import DEFAULTS
+
+    assert GRID_METHODS[LIBRARY_DEFAULTS_METHOD] == ("saliencydecor", DEFAULTS)
+
+
 def test_all_methods_is_the_grid_methods_and_the_candidates_with_no_name_shared():
     assert not set(GRID_METHODS) & set(CANDIDATES)
     assert ALL_METHODS == {**GRID_METHODS, **CANDIDATES}
@@ -280,6 +287,51 @@ def test_method_ranking_takes_the_worst_cell_and_counts_the_guard():
     assert y["mean_delta_rma"] == pytest.approx((0.001 + 0.05) / 2)
     table = ranking_table(ranking)
     assert table.splitlines()[2].startswith("| y | 2 | -0.004 (b / m / r) | 2 | 2 (1) | +0.025 |")
+
+
+def test_scores_table_pairs_every_score_and_counts_the_cells_that_get_better():
+    from sdecor.experiments.grid import scores_table
+
+    def rec(cell, method, seed, acc, rma, deletion):
+        r = _record(cell, method, seed, acc, rma)
+        r["metrics"]["deletion_auc"] = deletion
+        return r
+
+    records = [
+        rec("a", "standard", 0, 0.90, 0.30, 0.20),
+        rec("a", "standard", 1, 0.80, 0.30, 0.20),
+        rec("a", "sd", 0, 0.91, 0.40, 0.10),  # accuracy +0.01 / -0.02: down on average
+        rec("a", "sd", 1, 0.78, 0.38, 0.18),
+        rec("b", "standard", 0, 0.50, 0.20, 0.10),
+        rec("b", "sd", 0, 0.40, 0.10, 0.15),  # one seed: worse in all three
+        rec("c", "sd", 0, 0.99, 0.99, 0.01),  # no cross-entropy run: no row
+    ]
+    table = scores_table(
+        grid_summary(records), "sd", metrics=("accuracy", "train_accuracy", "relevance_mass_accuracy", "deletion_auc")
+    )
+    lines = table.splitlines()
+    assert lines[0] == "| cell | n | Δ accuracy ↑ | Δ train_accuracy | Δ relevance_mass_accuracy ↑ | Δ deletion_auc ↓ |"
+    assert lines[2] == "| a / m / r | 2 | -0.005 ± 0.021 | n/a | +0.090 ± 0.014 | -0.060 ± 0.057 |"
+    assert lines[3] == "| b / m / r | 1 | -0.100 | n/a | -0.100 | +0.050 |"
+    # accuracy better nowhere; RMA and deletion better in cell a, by more than their std there
+    assert lines[4] == "| better in | | 0 of 2 (0) |  | 1 of 2 (1) | 1 of 2 (1) |"
+    assert len(lines) == 5
+    with pytest.raises(ValueError, match="no cell has paired runs of method 'x'"):
+        scores_table(grid_summary(records), "x")
+
+
+def test_report_shows_the_library_defaults_in_every_score_unless_they_are_the_baseline(tmp_path):
+    from sdecor.experiments.grid import LIBRARY_DEFAULTS_METHOD, write_report
+
+    records = [_record("f", "standard", 0, 0.9, 0.3), _record("f", LIBRARY_DEFAULTS_METHOD, 0, 0.8, 0.4)]
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    write_report(str(path))
+    text = (tmp_path / "g.md").read_text()
+    assert f"The library defaults (`{LIBRARY_DEFAULTS_METHOD}`) in every score" in text
+    assert "| f / m / r | 1 | -0.100 | n/a | n/a | n/a | +0.100 | n/a | n/a |" in text
+    write_report(str(path), baseline=LIBRARY_DEFAULTS_METHOD)
+    assert "in every score" not in (tmp_path / "g.md").read_text()
 
 
 def test_delta_table_has_a_row_per_cell_and_a_column_per_method():
