@@ -694,42 +694,62 @@ def scores_table(summary: dict, method: str, baseline: str = "standard", metrics
 
 
 def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str | None = None) -> str:
-    """Per cell (x axis), each method's change against ``baseline`` in accuracy (top) and relevance
-    mass accuracy (bottom): mean over seeds, error bars the std of the paired differences. Returns
-    ``path``."""
+    """Each method's change against ``baseline``: accuracy in points (top row) and relevance mass
+    accuracy (bottom row), one column of panels per model, a group of bars per cell of that model
+    (family and regime): mean over seeds, error bars the std of the paired differences; the dashed
+    line is the accuracy guard. A method keeps its colour in every panel. Returns ``path``."""
     from .figures import _pyplot
 
     plt = _pyplot()
     cells = list(summary)
     methods = [m for m in dict.fromkeys(m for c in cells for m in summary[c]) if m != baseline]
-    fig, axes = plt.subplots(2, 1, figsize=(max(6.0, 1.1 * len(cells) * max(1, len(methods)) / 3), 7), squeeze=False)
+    models = list(dict.fromkeys(c.split("|")[1] for c in cells)) or [""]
+    by_model = {model: [c for c in cells if c.split("|")[1] == model] for model in models}
+    palette = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colours = {m: palette(i % palette.N) for i, m in enumerate(methods)}
     width = 0.8 / max(1, len(methods))
+    widths = [max(1, len(by_model[model])) for model in models]
+    fig, axes = plt.subplots(
+        2,
+        len(models),
+        figsize=(max(6.0, sum(0.16 * w * (len(methods) + 1) for w in widths) + 1.5), 7.5),
+        squeeze=False,
+        gridspec_kw={"width_ratios": widths},
+    )
     against = ("cross-entropy", "CE") if baseline == "standard" else (baseline, baseline)
-    for ax, metric, label in (
-        (axes[0][0], "accuracy", f"Δ accuracy vs {against[0]}"),
-        (axes[1][0], "relevance_mass_accuracy", f"Δ relevance mass accuracy vs {against[1]}"),
-    ):
-        for j, method in enumerate(methods):
-            xs, ys, es = [], [], []
-            for i, cell in enumerate(cells):
-                stats = summary[cell].get(method, {}).get(f"delta_{metric}")
-                if stats is None:
-                    continue
-                xs.append(i + (j - (len(methods) - 1) / 2) * width)
-                ys.append(stats["mean"])
-                es.append(stats["std"])
-            ax.bar(xs, ys, width=width, yerr=es, capsize=2, label=method)
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        if metric == "accuracy":
-            ax.axhline(-0.005, color="red", linewidth=0.8, linestyle="--")
-        ax.set_ylabel(label)
-        ax.set_xticks(range(len(cells)))
-        ax.set_xticklabels([c.replace("|", "\n") for c in cells], fontsize=7)
+    rows = (
+        ("accuracy", 100.0, f"Δ accuracy vs {against[0]} (points)"),
+        ("relevance_mass_accuracy", 1.0, f"Δ relevance mass accuracy vs {against[1]}"),
+    )
+    for row, (metric, scale, label) in enumerate(rows):
+        for col, model in enumerate(models):
+            ax, model_cells = axes[row][col], by_model[model]
+            for j, method in enumerate(methods):
+                xs, ys, es = [], [], []
+                for i, cell in enumerate(model_cells):
+                    stats = summary[cell].get(method, {}).get(f"delta_{metric}")
+                    if stats is None:
+                        continue
+                    xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                    ys.append(scale * stats["mean"])
+                    es.append(scale * stats["std"])
+                ax.bar(xs, ys, width=width, yerr=es, capsize=2, color=colours[method], label=method)
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            if metric == "accuracy":
+                ax.axhline(-scale * ACCURACY_GUARD, color="red", linewidth=0.8, linestyle="--")
+            ax.grid(axis="y", linewidth=0.3, alpha=0.5)
+            if col == 0:
+                ax.set_ylabel(label, fontsize=8)
+            if row == 0:
+                ax.set_title(model, fontsize=9)
+            ax.set_xticks(range(len(model_cells)))
+            ax.set_xticklabels([c.split("|")[0] + "\n" + c.split("|")[2] for c in model_cells], fontsize=7)
     if methods:
-        axes[0][0].legend(fontsize=7, ncol=min(4, len(methods)))
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[m]) for m in methods]
+        fig.legend(handles, methods, loc="upper center", fontsize=8, ncol=min(len(methods), 8), frameon=False)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+        fig.text(0.01, 0.99, title, fontsize=8, va="top")
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if methods else 0.97))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
