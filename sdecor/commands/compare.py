@@ -188,6 +188,12 @@ def add_arguments(parser) -> None:
         help="train the grid's runs in channels-last memory format (faster convolutions; recorded per run)",
     )
     grid.add_argument("--grid-report", action="store_true", help="only write the grid's table and figure")
+    grid.add_argument(
+        "--grid-baseline",
+        default="standard",
+        metavar="METHOD",
+        help="the grid report's changes are paired against this method (default: standard, cross-entropy)",
+    )
 
 
 def _names(text: str) -> tuple:
@@ -218,7 +224,6 @@ def run_grid_command(args) -> int:
     models = args.grid_models or G.MODELS
     regimes = args.grid_regimes or tuple(G.REGIMES)
     methods = args.grid_methods or tuple(G.GRID_METHODS)
-    total = len(list(G.grid_runs(families, models, regimes, methods, args.seeds)))
     if not args.grid_report:
         config = G.GridConfig(epochs=args.grid_epochs, n_train=args.n_train, n_test=args.n_test)
         G.run_grid(
@@ -235,7 +240,11 @@ def run_grid_command(args) -> int:
             channels_last=args.grid_channels_last,
             progress=not args.quiet,
         )
-    G.write_report(args.grid, total=total)
+    total = G.described_total(args.grid, families, models, regimes, methods, args.seeds)
+    try:
+        G.write_report(args.grid, total=total, baseline=args.grid_baseline)
+    except ValueError as err:
+        raise ValueError(f"--grid-baseline: {err}") from None
     return 0
 
 

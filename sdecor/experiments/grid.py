@@ -74,6 +74,7 @@ __all__ = [
     "method_ranking",
     "ranking_table",
     "scores_table",
+    "described_total",
     "LIBRARY_DEFAULTS_METHOD",
     "delta_table",
     "device_counts",
@@ -865,16 +866,21 @@ def main(argv=None) -> int:
         )
     if args.no_report:
         return 0
-    # "n runs of N": N counts the grid the arguments describe (with --report too: pass the grid's
-    # arguments), and only when every run in the file belongs to it (a file of other runs: "n runs")
-    described = {run_key(*spec) for spec in grid_runs(args.families, args.models, regimes, args.methods, args.seeds)}
-    in_grid = all(r["key"] in described for r in load_records(args.out)["runs"])
-    total = len(described) if in_grid else None
+    # with --report too, pass the grid's arguments for "n runs of N"
+    total = described_total(args.out, args.families, args.models, regimes, args.methods, args.seeds)
     try:
         write_report(args.out, figure=args.figure, table=args.table, total=total, baseline=args.baseline)
     except ValueError as err:
         p.error(f"--baseline: {err}")
     return 0
+
+
+def described_total(path: str, families, models, regimes, methods, seeds) -> int | None:
+    """How many runs the grid these arguments describe has, for a report's "n runs of N"; None
+    when the file at ``path`` holds a run outside that grid (its report then says "n runs")."""
+    described = {run_key(*spec) for spec in grid_runs(families, models, regimes, methods, seeds)}
+    in_grid = all(r["key"] in described for r in load_records(path)["runs"])
+    return len(described) if in_grid else None
 
 
 def device_counts(records: list[dict]) -> dict:

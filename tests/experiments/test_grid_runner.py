@@ -196,6 +196,16 @@ def test_compare_grid_command(tmp_path, capsys):
     assert report.count("| digits-shortcut / small_cnn / sgd |") == 3  # and the two per-cell change tables
     assert "1 runs of 1" in capsys.readouterr().out
     assert (tmp_path / "g.png").exists()
+    report_only = ["compare", "--grid", path, "--grid-report", "--quiet"]
+    with pytest.raises(SystemExit):
+        main(report_only + ["--grid-baseline", "ce"])
+    assert "--grid-baseline: baseline 'ce' has no runs" in capsys.readouterr().err
+    # the default arguments describe the whole grid, which holds this run: "of N" with N the grid's size
+    assert main(report_only + ["--grid-baseline", "standard"]) == 0
+    assert f"1 runs of {len(list(grid_runs()))}" in capsys.readouterr().out
+    # a file with a run outside the grid the arguments describe: no "of N"
+    assert main(report_only + ["--grid-models", "resnet20"]) == 0
+    assert "(1 runs; config" in capsys.readouterr().out
 
 
 def test_compare_grid_command_checks_the_device(tmp_path, capsys):
