@@ -657,7 +657,8 @@ def ranking_table(ranking: dict, guard: float = ACCURACY_GUARD) -> str:
 def scores_table(summary: dict, method: str, baseline: str = "standard", metrics=SUMMARY_METRICS) -> str:
     """A Markdown table of one method against ``baseline`` in every score, a row per cell.
 
-    Each row: the cell, n (the seeds both ran), then ``method``'s per-seed paired change against
+    ``summary`` is :func:`grid_summary`'s, paired against ``baseline`` (which names it here). Each
+    row: the cell, n (the seeds both ran), then ``method``'s per-seed paired change against
     ``baseline`` in each of ``metrics`` (mean ± std). The header marks each score's better
     direction (↑ higher, ↓ lower; none for ``train_accuracy``, a diagnostic of under-training); a
     last row counts, per score with a direction, the cells whose mean change is for the better
