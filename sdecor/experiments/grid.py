@@ -714,7 +714,8 @@ def grid_figure(summary: dict, path: str, baseline: str = "standard", title: str
     fig, axes = plt.subplots(
         2,
         len(models),
-        figsize=(max(6.0, sum(0.16 * w * (len(methods) + 1) for w in widths) + 1.5), 7.5),
+        # at least 1.2 inches per cell, so that the cell labels do not overlap when few methods ran
+        figsize=(max(6.0, sum(max(1.2, 0.16 * (len(methods) + 1)) * w for w in widths) + 1.5), 7.5),
         squeeze=False,
         gridspec_kw={"width_ratios": widths},
     )
