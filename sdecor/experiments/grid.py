@@ -937,7 +937,10 @@ def write_report(
     if ranking:
         text += f"\nPer method across the cells (paired changes against {against}; RMA: relevance mass acc.):\n\n"
         text += ranking_table(ranking) + "\n"
-    if LIBRARY_DEFAULTS_METHOD != baseline and any(r["method"] == LIBRARY_DEFAULTS_METHOD for r in runs):
+    paired_defaults = any(
+        (rows.get(LIBRARY_DEFAULTS_METHOD, {}).get("delta_accuracy") or {}).get("n") for rows in summary.values()
+    )
+    if LIBRARY_DEFAULTS_METHOD != baseline and paired_defaults:
         text += (
             f"\nThe library defaults (`{LIBRARY_DEFAULTS_METHOD}`) in every score, paired changes against {against} "
             "(↑ / ↓: higher / lower is better; last row: cells where the change is for the better, in brackets by "

@@ -342,6 +342,11 @@ def test_report_shows_the_library_defaults_in_every_score_unless_they_are_the_ba
     assert "| f / m / r | 1 | -0.100 | n/a | n/a | n/a | +0.100 | n/a | n/a |" in text
     write_report(str(path), baseline=LIBRARY_DEFAULTS_METHOD)
     assert "in every score" not in (tmp_path / "g.md").read_text()
+    # the defaults only in a cell without the baseline: nothing to pair, no section (and no error)
+    records = [_record("f", "standard", 0, 0.9, 0.3), _record("g", LIBRARY_DEFAULTS_METHOD, 0, 0.8, 0.4)]
+    path.write_text(json.dumps({"config": {}, "runs": records}))
+    write_report(str(path))
+    assert "in every score" not in (tmp_path / "g.md").read_text()
 
 
 def test_delta_table_has_a_row_per_cell_and_a_column_per_method():
