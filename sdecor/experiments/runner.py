@@ -221,7 +221,9 @@ def run(
 ) -> dict:
     """Train ``method`` with ``options`` for ``epochs`` on ``data`` from ``seed``, then evaluate.
 
-    Returns a JSON-ready record (``maps``, when kept, is a tensor: pop it before saving).
+    Returns a JSON-ready record: ``options`` as given, ``resolved_options`` every option the
+    objective ran with, defaults included (:meth:`sdecor.losses.Objective.options`), the scores,
+    the training history and times (``maps``, when kept, is a tensor: pop it before saving).
     """
     if method not in OBJECTIVES:
         raise ValueError(f"unknown method {method!r}; choose from {', '.join(OBJECTIVES)}")
@@ -232,10 +234,11 @@ def run(
     generator = getattr(data.train_loader, "generator", None)
     if isinstance(generator, torch.Generator):
         generator.manual_seed(seed)  # a different batch order per seed
+    objective = build_objective(method, **options)
     start = time.perf_counter()
     history = fit(
         net,
-        build_objective(method, **options),
+        objective,
         data.train_loader,
         epochs=epochs,
         lr=lr,
@@ -251,6 +254,7 @@ def run(
         "method": method,
         "data": data.meta.get("fingerprint"),
         "options": options,
+        "resolved_options": objective.options(),
         "seed": seed,
         "model": getattr(net, "config", {"name": model}),
         "epochs": epochs,

@@ -9,13 +9,16 @@ it): objectives run the forward pass through it and look inside it only through
 :mod:`sdecor.models.introspection`. Objectives that read hidden features hook the layer only
 while their own call runs (:func:`sdecor.models.record_features`); no hook stays on the model.
 
-* :class:`Objective`: the base class.
+* :class:`Objective`: the base class; :meth:`Objective.options` lists the options an objective
+  was built with, defaults included.
 * :func:`check_batch`: float images (B, ...), integer labels (B,) on the same device.
 * :func:`cross_entropy`: CE computed in float32 for half-precision logits.
 * :func:`consistency_kl`: KL(p(x) || p(x')) with ``batchmean``.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,24 @@ class Objective(nn.Module):
     with :meth:`_parts`. An objective holds options only: no model, no hook, no parameters of
     the model.
     """
+
+    def options(self) -> dict:
+        """Every constructor option of this objective by name, defaults included, as its attribute
+        of the same name holds it (after validation: numbers, strings, booleans or None). The
+        ``generator`` option is left out (a random state, not a setting). Records that carry this
+        keep their meaning when the library's defaults change.
+
+        Raises ``TypeError`` when a constructor option has no attribute of its name (a subclass
+        must store each option under its own name).
+        """
+        out = {}
+        for name, parameter in inspect.signature(type(self).__init__).parameters.items():
+            if name in ("self", "generator") or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+                continue
+            if not hasattr(self, name):
+                raise TypeError(f"{type(self).__name__} stores no attribute for its option {name!r}")
+            out[name] = getattr(self, name)
+        return out
 
     @staticmethod
     def _parts(total: torch.Tensor, logits: torch.Tensor, **terms: torch.Tensor) -> dict:

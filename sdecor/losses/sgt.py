@@ -79,7 +79,8 @@ class SaliencyGuidedTraining(Objective):
         saliency_of: ``"logit"`` (the official CIFAR branch) or ``"log_prob"`` (its MNIST branch);
             see the module docstring.
         lambda_consistency: weight of the KL term (1 in the paper).
-        masked_bn: ``"train"`` (official), ``"joint"`` or ``"eval"``; see ``sdecor.losses.MASKED_BN``.
+        masked_bn: ``"train"`` (official), ``"joint"``, ``"eval"`` or ``"frozen"``; see
+            :func:`sdecor.losses.masking.forward_pair`.
         generator: optional ``torch.Generator`` for the uniform fill.
 
     Parts: ``ce``, ``consistency`` (the unweighted KL), ``total``, ``logits``.

@@ -91,6 +91,12 @@ def test_compare_options_reach_the_objective(tmp_path):
     assert proc.returncode == 0, proc.stderr
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["runs"][0]["options"] == {"lambda_decor": 0.5, "masked_bn": "joint"}
+    from sdecor.losses import SaliencyDecor
+
+    # the record says every option the objective ran with, the defaults included
+    expected = {**SaliencyDecor().options(), "lambda_decor": 0.5, "masked_bn": "joint"}
+    assert results["runs"][0]["resolved_options"] == expected
+    assert expected["feature_layer"] == "conv" and expected["mask_fraction"] == 0.5
     assert not (tmp_path / "saliency_maps.png").exists()
 
 

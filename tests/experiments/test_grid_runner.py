@@ -140,11 +140,12 @@ def test_saliency_decor_settings_state_every_default_so_they_outlive_a_change_of
         "feature_layer": None,
     }
     settings = {name: options for name, (objective, options) in ALL_METHODS.items() if objective == "saliencydecor"}
-    assert {"saliencydecor", "sd_ld0", "sd_ld1", "sd_ld1_conv"} <= set(settings)
+    assert {"saliencydecor", "sd_ld0", "sd_ld1", "sd_ld1_conv", "sd_conv_bn_frozen"} <= set(settings)
     for name, options in settings.items():
         assert set(SWEEP_DEFAULTS) <= set(options), name
     assert settings["saliencydecor"] == SWEEP_DEFAULTS
     assert settings["sd_ld1_conv"] == {**SWEEP_DEFAULTS, "lambda_decor": 1.0, "feature_layer": "conv"}
+    assert settings["sd_conv_bn_frozen"] == {**settings["sd_ld1_conv"], "masked_bn": "frozen"}
 
 
 def test_the_library_defaults_method_is_saliency_decor_with_its_defaults():

@@ -501,16 +501,17 @@ def test_build_objective_and_bad_arguments():
 
 
 def test_saliency_decor_defaults_are_the_grid_choice():
-    """The defaults are the grid's ``sd_ld1_conv`` setting: the design sweep's choice
-    (docs/experiments.md) with the decorrelation at weight 1 on the last conv layer (docs/grid.md)."""
+    """The defaults are the grid's ``sd_conv_bn_frozen`` setting: the design sweep's choice
+    (docs/experiments.md) with the decorrelation at weight 1 on the last conv layer and the masked
+    batch leaving BatchNorm's running statistics alone (docs/grid.md)."""
     from sdecor.experiments.grid import ALL_METHODS
     from sdecor.experiments.sweep import SETTINGS
     from sdecor.losses.saliency_decor import DEFAULTS
 
     method, sweep = SETTINGS["sd_m50_abs_lc3"]
     assert method == "saliencydecor"
-    assert DEFAULTS == {**sweep, "lambda_decor": 1.0, "feature_layer": "conv"}
-    assert ALL_METHODS["sd_ld1_conv"] == ("saliencydecor", DEFAULTS)
+    assert DEFAULTS == {**sweep, "lambda_decor": 1.0, "feature_layer": "conv", "masked_bn": "frozen"}
+    assert ALL_METHODS["sd_conv_bn_frozen"] == ("saliencydecor", DEFAULTS)
     objective = SaliencyDecor()
     for name, value in DEFAULTS.items():
         assert getattr(objective, name) == value
@@ -592,3 +593,34 @@ def test_objectives_see_through_a_wrapper(name):
     key = "decov" if name == "decov" else "decor"
     torch.testing.assert_close(wrapped[key], bare[key])
     assert hook_count(net) == 0
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_options_lists_every_constructor_option_with_its_value(name):
+    import inspect
+    import json
+
+    cls = OBJECTIVES[name]
+    names = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "generator")]
+    options = cls().options()
+    assert list(options) == names
+    json.dumps(options)  # JSON-ready
+    assert cls(**options).options() == options  # rebuilds the same objective
+
+
+def test_options_reports_the_given_values_after_validation():
+    objective = SaliencyDecor(lambda_decor=0.25, masked_bn="eval", fill=1, feature_layer="penultimate")
+    options = objective.options()
+    assert options["lambda_decor"] == 0.25 and options["masked_bn"] == "eval"
+    assert options["fill"] == 1.0 and isinstance(options["fill"], float)
+    assert options["feature_layer"] == "penultimate"
+    assert "generator" not in SaliencyDecor(generator=torch.Generator()).options()
+
+
+def test_options_raises_when_a_subclass_hides_an_option():
+    class Renamed(Standard):
+        def __init__(self, smoothing: float = 0.0) -> None:
+            super().__init__(label_smoothing=smoothing)
+
+    with pytest.raises(TypeError, match="smoothing"):
+        Renamed().options()
