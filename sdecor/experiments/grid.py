@@ -308,7 +308,9 @@ def train_and_evaluate(
     ``regime.batch_size``. Training runs in float32 on every device (no autocast; TF32 off, see
     :func:`float32_math`), with ``channels_last`` memory format if asked (faster convolutions,
     see :func:`sdecor.train.fit`). The record holds ``metrics`` (``runner.evaluate``'s scores
-    plus ``train_accuracy``), the masked-accuracy curve, the training history and timings.
+    plus ``train_accuracy``), the masked-accuracy curve, the training history, timings and
+    ``resolved_options``, every option the objective ran with (:meth:`sdecor.losses.Objective.options`;
+    records written before it held only the options the method names, with the ramp in steps).
     """
     config = config or GridConfig()
     set_seed(seed)
@@ -320,12 +322,12 @@ def train_and_evaluate(
         generator.manual_seed(seed)
     epochs = config.epochs or regime.epochs
     total_steps = epochs * len(data.train_loader)
-    resolved = _resolve_options(options or {}, total_steps)
+    objective = build_objective(method, **_resolve_options(options or {}, total_steps))
     with float32_math():
         start = time.perf_counter()
         history = fit(
             net,
-            build_objective(method, **resolved),
+            objective,
             data.train_loader,
             epochs=epochs,
             optimizer=_optimizer(regime, net.parameters()),
@@ -347,7 +349,7 @@ def train_and_evaluate(
     evaluation["metrics"]["train_accuracy"] = train_acc
     return {
         **evaluation,
-        "resolved_options": resolved,
+        "resolved_options": objective.options(),
         "history": history.to_dict()["epochs"],
         "train_time_s": round(train_time, 2),
         "eval_time_s": round(time.perf_counter() - start, 2),

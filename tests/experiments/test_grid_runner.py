@@ -8,6 +8,7 @@ from sdecor.experiments.grid import (
     ALL_METHODS,
     CANDIDATES,
     GRID_METHODS,
+    SWEEP_DEFAULTS,
     GridConfig,
     _resolve_options,
     grid_figure,
@@ -61,6 +62,10 @@ def test_two_cell_grid_end_to_end_and_resume(tmp_path):
         assert m["relevance_mass_accuracy"] is not None and len(r["history"]) == 1
         assert r["regime_settings"]["optimizer"] == "adam" and r["regime_settings"]["batch_size"] == 128
         assert r["device"] == "cpu" and r["memory_format"] == "contiguous"
+    # every option the objective ran with, as sdecor compare records it
+    defaults_run = on_disk["runs"][1]
+    assert defaults_run["resolved_options"] == build_objective("saliencydecor", **SWEEP_DEFAULTS).options()
+    assert on_disk["runs"][0]["resolved_options"] == {"label_smoothing": 0.0}
     # a rerun skips what is done
     again = run_grid(path, config=_config(), **kwargs)
     assert [r["key"] for r in again["runs"]] == keys
@@ -125,7 +130,6 @@ def test_every_grid_method_builds_its_objective_with_the_options_it_names(name):
 
 
 def test_saliency_decor_settings_state_every_default_so_they_outlive_a_change_of_the_defaults():
-    from sdecor.experiments.grid import SWEEP_DEFAULTS
     from sdecor.losses.saliency_decor import DEFAULTS
 
     assert set(SWEEP_DEFAULTS) == set(DEFAULTS)
