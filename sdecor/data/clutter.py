@@ -23,6 +23,7 @@ matmuls): a few thousand 32 x 32 images take well under a second on a CPU.
 
 from __future__ import annotations
 
+import abc
 import math
 import os
 from dataclasses import dataclass, field
@@ -311,9 +312,10 @@ def make_digits_in_clutter(
     return ClutterData(images, labels.to(device), masks, digit_ids.to(device), inverted.to(device), backgrounds, meta)
 
 
-class GeneratedDataset(Dataset):
+class GeneratedDataset(Dataset, abc.ABC):
     """``torch.utils.data.Dataset`` view of a generated family: a subclass names its generator
-    ``make(split, size, seed, **kwargs) -> ClutterData`` and its ``classes``.
+    ``make(split, size, seed, **kwargs) -> ClutterData`` and its ``classes`` (a subclass without
+    ``make`` cannot be instantiated: ``TypeError``).
 
     Item ``i`` is ``(image float32 (3, H, W) in [0, 1], label int64 scalar tensor, mask bool
     (1, H, W))``. ``.data`` is the :class:`ClutterData`; ``.classes`` the class names.
@@ -322,8 +324,9 @@ class GeneratedDataset(Dataset):
     classes: list[str] = []
 
     @staticmethod
+    @abc.abstractmethod
     def make(split: str, size: int, seed: int, **kwargs) -> ClutterData:
-        raise NotImplementedError("a GeneratedDataset subclass defines make(split, size, seed, **kwargs)")
+        """The family's generator (see :func:`make_digits_in_clutter` for the contract)."""
 
     def __init__(self, split: str = "train", size: int = 32, seed: int = 0, **kwargs):
         self.data = self.make(split, size, seed, **kwargs)

@@ -238,3 +238,21 @@ def test_torchvision_missing_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(ImportError, match=r"sdecor\[vision\]"):
         make_loaders(f"torchvision:CIFAR10:{tmp_path}")
+
+
+def test_a_generated_family_must_define_its_generator():
+    from sdecor.data.clutter import DigitsInClutter, GeneratedDataset, make_digits_in_clutter
+
+    class NoGenerator(GeneratedDataset):
+        classes = ["a"]
+
+    with pytest.raises(TypeError, match="make"):
+        NoGenerator()
+
+    class Tiny(GeneratedDataset):
+        classes = DigitsInClutter.classes
+        make = staticmethod(make_digits_in_clutter)
+
+    data = Tiny("test", size=32, seed=0)
+    image, label, mask = data[0]
+    assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32) and label.dtype == torch.int64
